@@ -1,0 +1,3 @@
+"""Fleetkeeper: open-source IoT device management."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from fleetkeeper.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""All server settings in one place, read from `FLEETKEEPER_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEETKEEPER_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("./data"),
+        description="Folder for the SQLite database, artifacts and keys.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default is a SQLite file inside the data dir. "
+        "Use postgresql+asyncpg://user@host/db for PostgreSQL.",
+    )
+    mqtt_url: str | None = Field(default=None, description="MQTT broker URL (mqtt://host:1883).")
+    admin_token: str | None = Field(
+        default=None,
+        description="When set, an admin API token with exactly this value exists (automation).",
+    )
+    admin_password: str | None = Field(
+        default=None, description="When set, user `admin` exists with this password."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, description="Largest request body accepted by the JSON API (bytes)."
+    )
+    max_import_bytes: int = Field(
+        default=64 * 1_048_576, description="Largest bulk-import body accepted (bytes)."
+    )
+    token_ttl_days: int = Field(default=90, description="Default lifetime of new API tokens.")
+    online_window_seconds: int = Field(
+        default=300, description="A device counts as online when seen within this many seconds."
+    )
+    require_reason: bool = Field(
+        default=False,
+        description="Refuse operator changes (update, delete) that carry no reason.",
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fleetkeeper.db').resolve()}"

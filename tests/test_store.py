@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from sqlalchemy import select, text
+
+from fleetkeeper.store.db import Database
+from fleetkeeper.store.migrate import current_revision, head_revision
+from fleetkeeper.store.models import Tenant
+
+
+async def test_schema_is_at_the_newest_migration(db: Database) -> None:
+    assert await current_revision(db.url.render_as_string(hide_password=False)) == head_revision()
+
+
+async def test_write_commits_and_read_sees_it(db: Database) -> None:
+    from fleetkeeper.clock import FakeClock
+
+    async with db.write() as session:
+        session.add(Tenant(id="acme", name="Acme", created_at=FakeClock().now()))
+    async with db.read() as session:
+        assert (await session.scalars(select(Tenant.name))).all() == ["Acme"]
+
+
+async def test_failed_write_leaves_nothing(db: Database) -> None:
+    from fleetkeeper.clock import FakeClock
+
+    try:
+        async with db.write() as session:
+            session.add(Tenant(id="acme", name="Acme", created_at=FakeClock().now()))
+            await session.flush()
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    async with db.read() as session:
+        assert (await session.scalar(text("SELECT count(*) FROM tenants"))) == 0
