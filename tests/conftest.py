@@ -13,6 +13,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
@@ -22,6 +23,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.migrate import upgrade
 from fleetkeeper.store.models import Base
+
+if TYPE_CHECKING:
+    import httpx
+    from fastapi import FastAPI
+
+    from fleetkeeper.clock import FakeClock
+    from fleetkeeper.settings import Settings
 
 PG_URL = os.environ.get(
     "FLEETKEEPER_TEST_POSTGRES_URL", "postgresql+asyncpg://root@127.0.0.1:5432/test"
@@ -96,3 +104,43 @@ async def db(database_url: str) -> AsyncIterator[Database]:
             await conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
     yield database
     await database.dispose()
+
+
+ADMIN_TOKEN = "fkt_test-admin-token-0123456789abcdef"
+
+
+@pytest.fixture
+def clock() -> "FakeClock":
+    from fleetkeeper.clock import FakeClock
+
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> "Settings":
+    from fleetkeeper.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_token=ADMIN_TOKEN)
+
+
+@pytest.fixture
+async def app(settings: "Settings", clock: "FakeClock", db: Database) -> AsyncIterator["FastAPI"]:
+    """A started server app on a clean database (the `db` fixture truncates it first)."""
+    from fleetkeeper.api.app import create_app
+
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: "FastAPI") -> AsyncIterator["httpx.AsyncClient"]:
+    """An admin API client talking to the app in-process."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://fleetkeeper.test",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ) as c:
+        yield c

@@ -32,3 +32,20 @@ async def test_failed_write_leaves_nothing(db: Database) -> None:
         pass
     async with db.read() as session:
         assert (await session.scalar(text("SELECT count(*) FROM tenants"))) == 0
+
+
+async def test_migrations_match_the_models(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from fleetkeeper.store.migrate import include_object_for
+    from fleetkeeper.store.models import Base
+
+    def diff(sync_conn):  # type: ignore[no-untyped-def]
+        opts = {"compare_type": True, "include_object": include_object_for(db.dialect)}
+        ctx = MigrationContext.configure(sync_conn, opts=opts)
+        return compare_metadata(ctx, Base.metadata)
+
+    async with db.engine.connect() as conn:
+        changes = await conn.run_sync(diff)
+    assert changes == [], f"models and migrations differ; add a migration: {changes}"

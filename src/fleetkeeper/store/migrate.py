@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -14,6 +16,19 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_KEY = 0x466B6D67  # "Fkmg": replicas starting together migrate one at a time
+
+
+# Indexes the models declare with .ddl_if(dialect="postgresql"); autogenerate ignores ddl_if.
+POSTGRES_ONLY_INDEXES = frozenset({"ix_devices_attributes"})
+
+
+def include_object_for(dialect: str) -> Callable[..., bool]:
+    """Alembic filter: PostgreSQL-only indexes neither exist nor are missing elsewhere."""
+
+    def include(_obj: Any, name: str | None, type_: str, _reflected: bool, _other: Any) -> bool:
+        return not (type_ == "index" and name in POSTGRES_ONLY_INDEXES and dialect != "postgresql")
+
+    return include
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

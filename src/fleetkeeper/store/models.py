@@ -162,7 +162,9 @@ class AuditRecord(Base):
     tenant_id: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(64))
-    before: Mapped[Any] = mapped_column(JSONType, nullable=True)
-    after: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # Canonical JSON text, exactly as hashed: a JSON column could re-render numbers on the way
+    # back (JSONB turns 1e20 into 100000000000000000000) and break verification.
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,100 @@
+"""The ASGI application: `create_app(settings)` wires settings, database, clock and routes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from fleetkeeper import __version__
+from fleetkeeper.api import problems
+from fleetkeeper.api.middleware import BodyLimit, RequestContext
+from fleetkeeper.api.routes import audit, devices, groups, models, tokens, users
+from fleetkeeper.api.state import AppState
+from fleetkeeper.clock import Clock, SystemClock
+from fleetkeeper.services.bootstrap import bootstrap
+from fleetkeeper.services.context import SYSTEM, Change
+from fleetkeeper.settings import Settings
+from fleetkeeper.store.db import Database
+from fleetkeeper.store.migrate import upgrade
+
+log = logging.getLogger("fleetkeeper")
+
+DESCRIPTION = """
+Fleetkeeper manages fleets of IoT devices: inventory, groups, fleet queries, audit.
+
+Authenticate with `Authorization: Bearer <token>`. Errors are `application/problem+json`.
+Lists are paginated with `limit` and `cursor`. Mutations take a `reason` (body field or
+`X-Change-Reason` header) that lands in the audit trail.
+"""
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url()
+        if url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade(url)
+        db = Database(url)
+        app.state.fleetkeeper = AppState(settings=settings, db=db, clock=clock)
+        async with db.write() as session:
+            result = await bootstrap(
+                session, Change(principal=SYSTEM, reason="server start", clock=clock),
+                admin_token=settings.admin_token, admin_password=settings.admin_password,
+            )
+        app.state.new_admin_token = result.new_admin_token
+        if result.new_admin_token:
+            print(
+                "\nFirst start: a new admin API token (shown once, keep it safe):\n"
+                f"    {result.new_admin_token}\n",
+                file=sys.stderr, flush=True,
+            )
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="Fleetkeeper",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={
+            401: {"description": "Missing, unknown, expired or revoked token (problem+json)"},
+            403: {"description": "The token's role lacks the permission (problem+json)"},
+        },
+    )
+    problems.install(app)
+    for router in (devices.router, models.router, groups.router, audit.router, tokens.router,
+                   users.router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["server"], summary="200 once the server is ready")
+    async def healthz() -> dict[str, str]:
+        state: AppState = app.state.fleetkeeper
+        async with state.db.read() as session:
+            await session.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["server"], summary="Prometheus metrics",
+             response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_body_bytes,
+        larger={"/api/v1/devices/import": settings.max_import_bytes},
+    )
+    app.add_middleware(RequestContext)
+    return app

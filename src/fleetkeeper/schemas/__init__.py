@@ -1,0 +1,1 @@
+"""Pydantic models of the public JSON: what the API accepts and answers, shared with services."""

@@ -1,0 +1,313 @@
+"""The device inventory: create, read, list by fleet query, change, delete, aggregate."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.errors import Conflict, Invalid, NotFound
+from fleetkeeper.ids import uuid7
+from fleetkeeper.query import CompileContext, compile_query, field_expression, parse
+from fleetkeeper.schemas.devices import (
+    Aggregate,
+    AggregateBucket,
+    DeviceCreate,
+    DeviceOut,
+    DevicePatch,
+    Location,
+)
+from fleetkeeper.services import audit, lifecycle
+from fleetkeeper.services.context import Change, Principal
+from fleetkeeper.services.selection import (
+    QueryScope,
+    compile_for,
+    decode_cursor,
+    encode_cursor,
+    visible_groups,
+)
+from fleetkeeper.store.models import Device, DeviceModel, DeviceTag, Group, GroupMember, Tenant
+from fleetkeeper.versions import firmware_key
+
+MAX_BUCKETS = 1000
+
+
+async def model_by_name(session: AsyncSession, name: str, field: str = "model") -> DeviceModel:
+    model = await session.scalar(select(DeviceModel).where(DeviceModel.name == name))
+    if model is None:
+        raise Invalid(f"unknown device model {name!r}: create it first (POST /api/v1/models)",
+                      field=field)
+    return model
+
+
+async def resolve_tenant(
+    session: AsyncSession, principal: Principal, tenant: str | None, default: str = "default"
+) -> str:
+    tenant_id = tenant or principal.tenant_id or default
+    principal.check_tenant(tenant_id)
+    if await session.get(Tenant, tenant_id) is None:
+        raise Invalid(f"unknown tenant {tenant_id!r}", field="tenant")
+    return tenant_id
+
+
+async def get_device(session: AsyncSession, principal: Principal, device_id: str) -> Device:
+    principal.require("devices:read")
+    device = await session.scalar(
+        select(Device).where(Device.id == device_id, principal.tenant_filter(Device.tenant_id))
+    )
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    return device
+
+
+def summary(device: Device, model_name: str, tags: Sequence[str]) -> dict[str, Any]:
+    """What the audit trail keeps of a device."""
+    return {
+        "serial": device.serial,
+        "name": device.name,
+        "model": model_name,
+        "tenant": device.tenant_id,
+        "state": device.state,
+        "firmware_version": device.firmware_version,
+        "hardware_revision": device.hardware_revision,
+        "attributes": device.attributes,
+        "tags": list(tags),
+        "location": device.location,
+    }
+
+
+async def create_device(session: AsyncSession, change: Change, data: DeviceCreate) -> Device:
+    principal = change.principal
+    principal.require("devices:write")
+    model = await model_by_name(session, data.model)
+    tenant_id = await resolve_tenant(session, principal, data.tenant)
+    state = lifecycle.check_initial(data.state or "registered")
+    if await session.scalar(select(Device.id).where(Device.serial == data.serial)):
+        raise Conflict(f"a device with serial {data.serial!r} exists already", field="serial")
+    now = change.now()
+    device = Device(
+        id=uuid7(now),
+        serial=data.serial,
+        name=data.name or data.serial,
+        model_id=model.id,
+        tenant_id=tenant_id,
+        state=state,
+        firmware_version=data.firmware_version,
+        firmware_key=firmware_key(data.firmware_version),
+        hardware_revision=data.hardware_revision,
+        attributes=data.attributes,
+        location=data.location.model_dump(exclude_none=True) if data.location else None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(device)
+    session.add_all(DeviceTag(device_id=device.id, tag=t) for t in data.tags)
+    await session.flush()
+    await audit.append(
+        session, change, action="device.create", target=f"device:{device.id}",
+        tenant_id=tenant_id, after=summary(device, model.name, data.tags),
+    )
+    return device
+
+
+async def update_device(
+    session: AsyncSession, change: Change, device_id: str, patch: DevicePatch
+) -> Device:
+    principal = change.principal
+    principal.require("devices:write")
+    device = await get_device(session, principal, device_id)
+    model_name = await session.scalar(select(DeviceModel.name).where(DeviceModel.id == device.model_id))
+    old_tags = await _tags_of(session, device.id)
+    before = summary(device, model_name or "", old_tags)
+    fields = patch.model_fields_set - {"reason"}
+    if "model" in fields and patch.model is not None:
+        model = await model_by_name(session, patch.model)
+        device.model_id, model_name = model.id, model.name
+    if "tenant" in fields and patch.tenant is not None and patch.tenant != device.tenant_id:
+        principal.require("tenants:manage")
+        device.tenant_id = await resolve_tenant(session, principal, patch.tenant)
+        # Static memberships belong to the old tenant's groups.
+        await session.execute(delete(GroupMember).where(GroupMember.device_id == device.id))
+    if "state" in fields and patch.state is not None:
+        lifecycle.check_transition(device.state, patch.state)
+        device.state = patch.state
+    if "name" in fields and patch.name is not None:
+        device.name = patch.name
+    if "firmware_version" in fields:
+        device.firmware_version = patch.firmware_version
+        device.firmware_key = firmware_key(patch.firmware_version)
+    if "hardware_revision" in fields:
+        device.hardware_revision = patch.hardware_revision
+    if "attributes" in fields and patch.attributes is not None:
+        merged = dict(device.attributes)
+        for key, value in patch.attributes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        device.attributes = merged
+    if "location" in fields:
+        device.location = patch.location.model_dump(exclude_none=True) if patch.location else None
+    tags = old_tags
+    if "tags" in fields and patch.tags is not None:
+        tags = patch.tags
+        await session.execute(delete(DeviceTag).where(DeviceTag.device_id == device.id))
+        session.add_all(DeviceTag(device_id=device.id, tag=t) for t in tags)
+    after = summary(device, model_name or "", tags)
+    changed = {k for k in after if after[k] != before[k]}
+    if changed:
+        device.updated_at = change.now()
+        await session.flush()
+        await audit.append(
+            session, change, action="device.update", target=f"device:{device.id}",
+            tenant_id=device.tenant_id,
+            before={k: before[k] for k in sorted(changed)},
+            after={k: after[k] for k in sorted(changed)},
+        )
+    return device
+
+
+async def delete_device(session: AsyncSession, change: Change, device_id: str) -> None:
+    change.principal.require("devices:write")
+    device = await get_device(session, change.principal, device_id)
+    model_name = await session.scalar(select(DeviceModel.name).where(DeviceModel.id == device.model_id))
+    before = summary(device, model_name or "", await _tags_of(session, device.id))
+    await session.delete(device)
+    await session.flush()
+    await audit.append(
+        session, change, action="device.delete", target=f"device:{device.id}",
+        tenant_id=device.tenant_id, before=before,
+    )
+
+
+async def _tags_of(session: AsyncSession, device_id: str) -> list[str]:
+    stmt = select(DeviceTag.tag).where(DeviceTag.device_id == device_id).order_by(DeviceTag.tag)
+    return list((await session.scalars(stmt)).all())
+
+
+async def list_devices(
+    session: AsyncSession, scope: QueryScope, q: str | None, *, limit: int, cursor: str | None
+) -> tuple[list[Device], str | None]:
+    scope.principal.require("devices:read")
+    where = await compile_for(session, scope, q)
+    stmt = select(Device).where(where)
+    if cursor:
+        stmt = stmt.where(Device.id > decode_cursor(cursor))
+    rows = list((await session.scalars(stmt.order_by(Device.id).limit(limit + 1))).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].id) if more and rows else None
+
+
+async def count_devices(session: AsyncSession, scope: QueryScope, q: str | None) -> int:
+    scope.principal.require("devices:read")
+    where = await compile_for(session, scope, q)
+    return int(await session.scalar(select(func.count()).select_from(Device).where(where)) or 0)
+
+
+async def aggregate(
+    session: AsyncSession, scope: QueryScope, q: str | None, by: str
+) -> Aggregate:
+    scope.principal.require("devices:read")
+    where = await compile_for(session, scope, q)
+    try:
+        expr = field_expression(by, session.bind.dialect.name)
+    except Invalid as exc:
+        raise Invalid(exc.detail, field="by") from None
+    count = func.count().label("n")
+    stmt = (
+        select(expr.label("value"), count)
+        .select_from(Device)
+        .where(where)
+        .group_by(expr)
+        .order_by(count.desc())
+    )
+    rows = (await session.execute(stmt)).tuples().all()
+    buckets = [AggregateBucket(value=v, count=n) for v, n in rows]
+    return Aggregate(by=by, total=sum(b.count for b in buckets), buckets=buckets[:MAX_BUCKETS])
+
+
+async def render(
+    session: AsyncSession, scope: QueryScope, devices: Sequence[Device]
+) -> list[DeviceOut]:
+    """The public JSON of a page of devices: model names, tags and groups loaded in bulk."""
+    if not devices:
+        return []
+    ids = [d.id for d in devices]
+    model_ids = {d.model_id for d in devices}
+    models = dict(
+        (await session.execute(
+            select(DeviceModel.id, DeviceModel.name).where(DeviceModel.id.in_(model_ids))
+        )).tuples().all()
+    )
+    tags: dict[str, list[str]] = defaultdict(list)
+    for device_id, tag in (
+        await session.execute(
+            select(DeviceTag.device_id, DeviceTag.tag)
+            .where(DeviceTag.device_id.in_(ids))
+            .order_by(DeviceTag.tag)
+        )
+    ).tuples():
+        tags[device_id].append(tag)
+    groups = await _groups_of(session, scope, devices)
+    horizon = scope.now - scope.online_window
+    return [
+        DeviceOut(
+            id=d.id,
+            serial=d.serial,
+            name=d.name,
+            model=models[d.model_id],
+            tenant=d.tenant_id,
+            state=d.state,
+            firmware_version=d.firmware_version,
+            hardware_revision=d.hardware_revision,
+            attributes=d.attributes,
+            tags=tags[d.id],
+            groups=sorted(groups[d.id]),
+            location=Location(**d.location) if d.location else None,
+            online=d.last_seen is not None and d.last_seen >= horizon,
+            last_seen=d.last_seen,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+        )
+        for d in devices
+    ]
+
+
+async def _groups_of(
+    session: AsyncSession, scope: QueryScope, devices: Sequence[Device]
+) -> dict[str, set[str]]:
+    ids = [d.id for d in devices]
+    found: dict[str, set[str]] = defaultdict(set)
+    static = select(GroupMember.device_id, Group.name).join(Group, Group.id == GroupMember.group_id)
+    for device_id, name in (
+        await session.execute(static.where(GroupMember.device_id.in_(ids)))
+    ).tuples():
+        found[device_id].add(name)
+    tenants = {d.tenant_id for d in devices}
+    dynamic = (
+        await session.execute(
+            select(Group.name, Group.query, Group.tenant_id).where(
+                Group.query.is_not(None), Group.tenant_id.in_(tenants)
+            )
+        )
+    ).tuples().all()
+    contexts: dict[str, CompileContext] = {}
+    for name, query, tenant in dynamic:
+        if tenant not in contexts:
+            contexts[tenant] = CompileContext(
+                dialect=session.bind.dialect.name,
+                now=scope.now,
+                online_window=scope.online_window,
+                groups=await visible_groups(session, tenant),
+            )
+        where = compile_query(parse(query or ""), contexts[tenant])
+        members = await session.scalars(
+            select(Device.id).where(Device.id.in_(ids), Device.tenant_id == tenant, where)
+        )
+        for device_id in members:
+            found[device_id].add(name)
+    return found
