@@ -54,8 +54,11 @@ def test(args: list[str]) -> int:
         [str(PY), "-m", "pytest", *args],
     ]
     for step in steps:
-        print("$", " ".join(Path(step[0]).name if i == 0 else s for i, s in enumerate(step)),
-              flush=True)
+        print(
+            "$",
+            " ".join(Path(step[0]).name if i == 0 else s for i, s in enumerate(step)),
+            flush=True,
+        )
         code = subprocess.call(step, cwd=ROOT)
         if code != 0:
             return code

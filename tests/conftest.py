@@ -44,7 +44,7 @@ async def _create_pg_database() -> str | None:
     try:
         async with admin.connect() as conn:
             await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except (OSError, Exception) as exc:
         if REQUIRE_SERVICES:
             raise RuntimeError(f"PostgreSQL required but unreachable at {PG_URL}: {exc}") from exc
         return None
@@ -59,7 +59,9 @@ async def _drop_pg_database(url: str) -> None:
     admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+            await conn.execute(
+                text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+            )
     finally:
         await admin.dispose()
 
@@ -80,9 +82,7 @@ def postgres_url() -> Iterator[str | None]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(
-    request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path
-) -> str:
+def database_url(request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path) -> str:
     if request.param == "sqlite":
         path = tmp_path / "fleetkeeper.db"
         shutil.copy(sqlite_template, path)
@@ -110,21 +110,21 @@ ADMIN_TOKEN = "fkt_test-admin-token-0123456789abcdef"
 
 
 @pytest.fixture
-def clock() -> "FakeClock":
+def clock() -> FakeClock:
     from fleetkeeper.clock import FakeClock
 
     return FakeClock()
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> "Settings":
+def settings(database_url: str, tmp_path: Path) -> Settings:
     from fleetkeeper.settings import Settings
 
     return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_token=ADMIN_TOKEN)
 
 
 @pytest.fixture
-async def app(settings: "Settings", clock: "FakeClock", db: Database) -> AsyncIterator["FastAPI"]:
+async def app(settings: Settings, clock: FakeClock, db: Database) -> AsyncIterator[FastAPI]:
     """A started server app on a clean database (the `db` fixture truncates it first)."""
     from fleetkeeper.api.app import create_app
 
@@ -134,13 +134,14 @@ async def app(settings: "Settings", clock: "FakeClock", db: Database) -> AsyncIt
 
 
 @pytest.fixture
-async def client(app: "FastAPI") -> AsyncIterator["httpx.AsyncClient"]:
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An admin API client talking to the app in-process."""
     import httpx
 
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://fleetkeeper.test",
+        transport=transport,
+        base_url="http://fleetkeeper.test",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     ) as c:
         yield c

@@ -7,7 +7,9 @@ from typing import Any
 import httpx
 
 
-async def model(client: httpx.AsyncClient, name: str = "thermo-v2", **fields: Any) -> dict[str, Any]:
+async def model(
+    client: httpx.AsyncClient, name: str = "thermo-v2", **fields: Any
+) -> dict[str, Any]:
     r = await client.post("/api/v1/models", json={"name": name, **fields})
     assert r.status_code == 201, r.text
     data: dict[str, Any] = r.json()
@@ -31,8 +33,10 @@ async def fleet(client: httpx.AsyncClient, *specs: dict[str, Any]) -> list[dict[
 async def user_token(
     client: httpx.AsyncClient, username: str, role: str, tenant: str | None = None
 ) -> str:
-    r = await client.post("/api/v1/users", json={"username": username, "role": role,
-                                                  "tenant": tenant, "password": "s3cret-pass"})
+    r = await client.post(
+        "/api/v1/users",
+        json={"username": username, "role": role, "tenant": tenant, "password": "s3cret-pass"},
+    )
     assert r.status_code == 201, r.text
     r = await client.post("/api/v1/tokens", json={"name": f"{username}-token", "user": username})
     assert r.status_code == 201, r.text

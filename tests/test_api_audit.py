@@ -11,10 +11,15 @@ from fleetkeeper.store.models import AuditRecord
 async def test_every_mutation_leaves_an_audit_record(client: httpx.AsyncClient) -> None:
     await model(client)
     d = await device(client, "SN-1", reason="first install")
-    await client.patch(f"/api/v1/devices/{d['id']}", json={"name": "x"},
-                       headers={"X-Change-Reason": "rename", "X-Request-ID": "req-42"})
+    await client.patch(
+        f"/api/v1/devices/{d['id']}",
+        json={"name": "x"},
+        headers={"X-Change-Reason": "rename", "X-Request-ID": "req-42"},
+    )
     await client.delete(f"/api/v1/devices/{d['id']}", params={"reason": "scrapped"})
-    items = (await client.get("/api/v1/audit", params={"target": f"device:{d['id']}"})).json()["items"]
+    items = (await client.get("/api/v1/audit", params={"target": f"device:{d['id']}"})).json()[
+        "items"
+    ]
     assert [i["action"] for i in items] == ["device.delete", "device.update", "device.create"]
     assert [i["reason"] for i in items] == ["scrapped", "rename", "first install"]
     assert items[1]["request_id"] == "req-42"
@@ -43,16 +48,21 @@ async def test_failed_request_writes_no_audit(client: httpx.AsyncClient) -> None
     assert before == after
 
 
-async def test_chain_verifies_until_a_record_is_altered(client: httpx.AsyncClient, app: FastAPI) -> None:
+async def test_chain_verifies_until_a_record_is_altered(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
     await fleet(client, {"serial": "A"}, {"serial": "B"}, {"serial": "C"})
     ok = (await client.post("/api/v1/audit/verify")).json()
     assert ok["ok"] is True and ok["checked"] >= 5
     async with app.state.fleetkeeper.db.write() as session:
         victim = await session.scalar(
-            select(AuditRecord.id).where(AuditRecord.action == "device.create").order_by(AuditRecord.id)
+            select(AuditRecord.id)
+            .where(AuditRecord.action == "device.create")
+            .order_by(AuditRecord.id)
         )
-        await session.execute(update(AuditRecord).where(AuditRecord.id == victim)
-                              .values(reason="nothing to see"))
+        await session.execute(
+            update(AuditRecord).where(AuditRecord.id == victim).values(reason="nothing to see")
+        )
     bad = (await client.post("/api/v1/audit/verify")).json()
     assert bad["ok"] is False
     assert bad["first_broken_id"] == victim

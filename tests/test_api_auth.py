@@ -9,8 +9,11 @@ from fleetkeeper.clock import FakeClock
 
 
 def as_token(client: httpx.AsyncClient, token: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url,
-                             headers={"Authorization": f"Bearer {token}"})
+    return httpx.AsyncClient(
+        transport=client._transport,
+        base_url=client.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+    )
 
 
 async def test_missing_token_is_401_problem(client: httpx.AsyncClient) -> None:
@@ -47,7 +50,9 @@ async def test_token_cannot_exceed_its_users_role(client: httpx.AsyncClient) -> 
         assert r.status_code == 403
 
 
-async def test_token_is_shown_once_and_stored_hashed(client: httpx.AsyncClient, app: FastAPI) -> None:
+async def test_token_is_shown_once_and_stored_hashed(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
     from sqlalchemy import select
 
     from fleetkeeper.store.models import ApiToken
@@ -81,25 +86,33 @@ async def test_token_expires(client: httpx.AsyncClient, clock: FakeClock) -> Non
 
 
 async def test_tenant_users_see_only_their_tenant(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/api/v1/tenants", json={"id": "acme", "name": "Acme"})).status_code == 201
+    assert (
+        await client.post("/api/v1/tenants", json={"id": "acme", "name": "Acme"})
+    ).status_code == 201
     await model(client)
     await device(client, "MINE", tenant="acme")
     other = await device(client, "THEIRS")
     async with as_token(client, await user_token(client, "ann", "operator", "acme")) as ann:
         assert serials((await ann.get("/api/v1/devices")).json()) == ["MINE"]
-        assert serials((await ann.get("/api/v1/devices", params={"q": "serial = THEIRS"})).json()) == []
+        assert (
+            serials((await ann.get("/api/v1/devices", params={"q": "serial = THEIRS"})).json())
+            == []
+        )
         assert (await ann.get(f"/api/v1/devices/{other['id']}")).status_code == 404
         agg = (await ann.get("/api/v1/devices/aggregate", params={"by": "tenant"})).json()
         assert agg["total"] == 1
-        r = await ann.post("/api/v1/devices", json={"serial": "X", "model": "thermo-v2",
-                                                    "tenant": "default"})
+        r = await ann.post(
+            "/api/v1/devices", json={"serial": "X", "model": "thermo-v2", "tenant": "default"}
+        )
         assert r.status_code == 403
         r = await ann.post("/api/v1/devices", json={"serial": "X", "model": "thermo-v2"})
         assert r.json()["tenant"] == "acme"
 
 
 async def test_env_admin_token_is_ensured_and_changes_revoke_the_old(
-    settings, clock: FakeClock, db  # type: ignore[no-untyped-def]
+    settings,
+    clock: FakeClock,
+    db,  # type: ignore[no-untyped-def]
 ) -> None:
     from fleetkeeper.api.app import create_app
 
@@ -109,14 +122,17 @@ async def test_env_admin_token_is_ensured_and_changes_revoke_the_old(
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
                 ok = await c.get("/api/v1/devices", headers={"Authorization": f"Bearer {value}"})
-                old = await c.get("/api/v1/devices",
-                                  headers={"Authorization": "Bearer fkt_first-env-token-value"})
+                old = await c.get(
+                    "/api/v1/devices", headers={"Authorization": "Bearer fkt_first-env-token-value"}
+                )
         assert ok.status_code == 200
     assert old.status_code == 401
 
 
 async def test_first_start_without_env_token_makes_one_admin_token(
-    settings, clock: FakeClock, db  # type: ignore[no-untyped-def]
+    settings,
+    clock: FakeClock,
+    db,  # type: ignore[no-untyped-def]
 ) -> None:
     from fleetkeeper.api.app import create_app
 

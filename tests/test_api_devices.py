@@ -7,10 +7,30 @@ from fleet import device, fleet, model, serials
 
 async def test_create_device_returns_the_contract_fields(client: httpx.AsyncClient) -> None:
     await model(client)
-    d = await device(client, "SN-1", firmware_version="1.2.3", attributes={"site": "berlin"},
-                     tags=["pilot", "north"], location={"lat": 52.5, "lon": 13.4})
-    for key in ("id", "serial", "name", "model", "tenant", "state", "firmware_version",
-                "attributes", "tags", "groups", "location", "online", "last_seen", "created_at"):
+    d = await device(
+        client,
+        "SN-1",
+        firmware_version="1.2.3",
+        attributes={"site": "berlin"},
+        tags=["pilot", "north"],
+        location={"lat": 52.5, "lon": 13.4},
+    )
+    for key in (
+        "id",
+        "serial",
+        "name",
+        "model",
+        "tenant",
+        "state",
+        "firmware_version",
+        "attributes",
+        "tags",
+        "groups",
+        "location",
+        "online",
+        "last_seen",
+        "created_at",
+    ):
         assert key in d
     assert d["name"] == "SN-1"
     assert d["model"] == "thermo-v2"
@@ -25,9 +45,10 @@ async def test_create_device_returns_the_contract_fields(client: httpx.AsyncClie
 async def test_get_patch_delete_round_trip(client: httpx.AsyncClient) -> None:
     await model(client)
     d = await device(client, "SN-1", attributes={"site": "a", "floor": 2})
-    r = await client.patch(f"/api/v1/devices/{d['id']}",
-                           json={"attributes": {"floor": None, "room": "12"}, "name": "lobby",
-                                 "reason": "relabel"})
+    r = await client.patch(
+        f"/api/v1/devices/{d['id']}",
+        json={"attributes": {"floor": None, "room": "12"}, "name": "lobby", "reason": "relabel"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["attributes"] == {"site": "a", "room": "12"}
     assert r.json()["name"] == "lobby"
@@ -54,26 +75,30 @@ async def test_unknown_model_is_rejected_naming_the_field(client: httpx.AsyncCli
 
 async def test_unknown_field_and_wrong_type_name_the_field(client: httpx.AsyncClient) -> None:
     await model(client)
-    r = await client.post("/api/v1/devices", json={"serial": "SN-1", "model": "thermo-v2",
-                                                   "colour": "red"})
+    r = await client.post(
+        "/api/v1/devices", json={"serial": "SN-1", "model": "thermo-v2", "colour": "red"}
+    )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "colour"
-    r = await client.post("/api/v1/devices", json={"serial": "SN-1", "model": "thermo-v2",
-                                                   "tags": "pilot"})
+    r = await client.post(
+        "/api/v1/devices", json={"serial": "SN-1", "model": "thermo-v2", "tags": "pilot"}
+    )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "tags"
 
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/devices", content=b'{"serial": ',
-                          headers={"content-type": "application/json"})
+    r = await client.post(
+        "/api/v1/devices", content=b'{"serial": ', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     assert r.json()["title"] == "Malformed JSON"
 
 
 async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/devices", content=b"x" * 2_000_000,
-                          headers={"content-type": "application/json"})
+    r = await client.post(
+        "/api/v1/devices", content=b"x" * 2_000_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert r.json()["status"] == 413
 
@@ -115,8 +140,11 @@ async def test_list_filters_by_fleet_query(client: httpx.AsyncClient) -> None:
         {"serial": "B", "firmware_version": "2.10.0", "attributes": {"site": "x"}},
         {"serial": "C", "firmware_version": "1.0.0", "attributes": {"site": "y"}},
     )
-    page = (await client.get("/api/v1/devices",
-                             params={"q": "firmware_version < 2.10.0 AND attributes.site = x"})).json()
+    page = (
+        await client.get(
+            "/api/v1/devices", params={"q": "firmware_version < 2.10.0 AND attributes.site = x"}
+        )
+    ).json()
     assert serials(page) == ["A"]
 
 
@@ -129,8 +157,12 @@ async def test_query_syntax_error_is_400_with_position(client: httpx.AsyncClient
 
 
 async def test_aggregate_counts_by_firmware(client: httpx.AsyncClient) -> None:
-    await fleet(client, {"serial": "A", "firmware_version": "1.0.0"},
-                {"serial": "B", "firmware_version": "1.0.0"}, {"serial": "C", "firmware_version": "2.0.0"})
+    await fleet(
+        client,
+        {"serial": "A", "firmware_version": "1.0.0"},
+        {"serial": "B", "firmware_version": "1.0.0"},
+        {"serial": "C", "firmware_version": "2.0.0"},
+    )
     r = await client.get("/api/v1/devices/aggregate", params={"by": "firmware_version"})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -139,11 +171,16 @@ async def test_aggregate_counts_by_firmware(client: httpx.AsyncClient) -> None:
 
 
 async def test_aggregate_by_attribute_with_query(client: httpx.AsyncClient) -> None:
-    await fleet(client, {"serial": "A", "attributes": {"site": "x"}},
-                {"serial": "B", "attributes": {"site": "x"}},
-                {"serial": "C", "attributes": {"site": "y"}, "firmware_version": "9.0.0"})
-    r = await client.get("/api/v1/devices/aggregate",
-                         params={"by": "attributes.site", "q": "NOT firmware_version = 9.0.0"})
+    await fleet(
+        client,
+        {"serial": "A", "attributes": {"site": "x"}},
+        {"serial": "B", "attributes": {"site": "x"}},
+        {"serial": "C", "attributes": {"site": "y"}, "firmware_version": "9.0.0"},
+    )
+    r = await client.get(
+        "/api/v1/devices/aggregate",
+        params={"by": "attributes.site", "q": "NOT firmware_version = 9.0.0"},
+    )
     assert r.status_code == 200, r.text
     assert {b["value"]: b["count"] for b in r.json()["buckets"]} == {"x": 2}
 

@@ -13,7 +13,9 @@ CSV = (
 
 async def test_csv_import_creates_every_row(client: httpx.AsyncClient) -> None:
     await model(client)
-    r = await client.post("/api/v1/devices/import", content=CSV, headers={"content-type": "text/csv"})
+    r = await client.post(
+        "/api/v1/devices/import", content=CSV, headers={"content-type": "text/csv"}
+    )
     assert r.status_code == 201, r.text
     assert r.json() == {"created": 2}
     page = (await client.get("/api/v1/devices", params={"q": "attributes.site = berlin"})).json()
@@ -32,16 +34,22 @@ async def test_json_import_creates_every_row(client: httpx.AsyncClient) -> None:
     assert r.status_code == 201 and r.json()["created"] == 50
 
 
-async def test_one_bad_row_imports_nothing_and_names_every_problem(client: httpx.AsyncClient) -> None:
+async def test_one_bad_row_imports_nothing_and_names_every_problem(
+    client: httpx.AsyncClient,
+) -> None:
     await model(client)
     await client.post("/api/v1/devices", json={"serial": "TAKEN", "model": "thermo-v2"})
-    body = ("serial,model,firmware_version\n"
-            "OK-1,thermo-v2,1.0\n"
-            "OK-2,nope,1.0\n"
-            "TAKEN,thermo-v2,1.0\n"
-            "OK-1,thermo-v2,1.0\n"
-            ",thermo-v2,1.0\n")
-    r = await client.post("/api/v1/devices/import", content=body, headers={"content-type": "text/csv"})
+    body = (
+        "serial,model,firmware_version\n"
+        "OK-1,thermo-v2,1.0\n"
+        "OK-2,nope,1.0\n"
+        "TAKEN,thermo-v2,1.0\n"
+        "OK-1,thermo-v2,1.0\n"
+        ",thermo-v2,1.0\n"
+    )
+    r = await client.post(
+        "/api/v1/devices/import", content=body, headers={"content-type": "text/csv"}
+    )
     assert r.status_code == 422
     problems = {(e["row"], e["field"]) for e in r.json()["errors"]}
     assert problems == {(2, "model"), (3, "serial"), (4, "serial"), (5, "serial")}
@@ -51,13 +59,18 @@ async def test_one_bad_row_imports_nothing_and_names_every_problem(client: httpx
 
 
 async def test_unknown_csv_column_is_400(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/devices/import", content="serial,model,colour\n",
-                          headers={"content-type": "text/csv"})
+    r = await client.post(
+        "/api/v1/devices/import",
+        content="serial,model,colour\n",
+        headers={"content-type": "text/csv"},
+    )
     assert r.status_code == 400 and "colour" in r.json()["detail"]
 
 
 async def test_wrong_content_type_is_400(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/devices/import", content="x", headers={"content-type": "text/plain"})
+    r = await client.post(
+        "/api/v1/devices/import", content="x", headers={"content-type": "text/plain"}
+    )
     assert r.status_code == 400
 
 

@@ -17,9 +17,17 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
 
 async def test_openapi_documents_every_route_with_schemas(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
-    for path in ("/api/v1/devices", "/api/v1/devices/{device_id}", "/api/v1/devices/import",
-                 "/api/v1/devices/aggregate", "/api/v1/models", "/api/v1/groups",
-                 "/api/v1/groups/{name}/members", "/api/v1/audit", "/api/v1/tokens"):
+    for path in (
+        "/api/v1/devices",
+        "/api/v1/devices/{device_id}",
+        "/api/v1/devices/import",
+        "/api/v1/devices/aggregate",
+        "/api/v1/models",
+        "/api/v1/groups",
+        "/api/v1/groups/{name}/members",
+        "/api/v1/audit",
+        "/api/v1/tokens",
+    ):
         assert path in spec["paths"], path
     assert "DeviceOut" in spec["components"]["schemas"]
     assert spec["components"]["schemas"]["DeviceCreate"].get("examples")

@@ -1,14 +1,14 @@
 """The domain's exceptions. The API turns each into an application/problem+json answer.
 
-    FleetkeeperError            500  something the operator cannot fix by changing the request
-    ├── BadRequest              400  malformed input (query syntax, CSV structure)
-    │   └── QuerySyntaxError    400  a fleet query that does not parse (carries the position)
-    ├── Unauthenticated         401
-    ├── Forbidden               403
-    ├── NotFound                404
-    ├── Conflict                409  duplicate serial, name taken, state does not allow it
-    ├── PayloadTooLarge         413
-    └── Invalid                 422  well-formed but wrong (unknown model, per-row import errors)
+FleetkeeperError            500  something the operator cannot fix by changing the request
+├── BadRequest              400  malformed input (query syntax, CSV structure)
+│   └── QuerySyntaxError    400  a fleet query that does not parse (carries the position)
+├── Unauthenticated         401
+├── Forbidden               403
+├── NotFound                404
+├── Conflict                409  duplicate serial, name taken, state does not allow it
+├── PayloadTooLarge         413
+└── Invalid                 422  well-formed but wrong (unknown model, per-row import errors)
 """
 
 from __future__ import annotations

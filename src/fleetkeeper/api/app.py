@@ -49,15 +49,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.state.fleetkeeper = AppState(settings=settings, db=db, clock=clock)
         async with db.write() as session:
             result = await bootstrap(
-                session, Change(principal=SYSTEM, reason="server start", clock=clock),
-                admin_token=settings.admin_token, admin_password=settings.admin_password,
+                session,
+                Change(principal=SYSTEM, reason="server start", clock=clock),
+                admin_token=settings.admin_token,
+                admin_password=settings.admin_password,
             )
         app.state.new_admin_token = result.new_admin_token
         if result.new_admin_token:
             print(
                 "\nFirst start: a new admin API token (shown once, keep it safe):\n"
                 f"    {result.new_admin_token}\n",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
         try:
             yield
@@ -75,8 +78,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         },
     )
     problems.install(app)
-    for router in (devices.router, models.router, groups.router, audit.router, tokens.router,
-                   users.router):
+    for router in (
+        devices.router,
+        models.router,
+        groups.router,
+        audit.router,
+        tokens.router,
+        users.router,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["server"], summary="200 once the server is ready")
@@ -86,8 +95,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", tags=["server"], summary="Prometheus metrics",
-             response_class=PlainTextResponse)
+    @app.get(
+        "/metrics", tags=["server"], summary="Prometheus metrics", response_class=PlainTextResponse
+    )
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

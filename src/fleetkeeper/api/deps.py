@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from fleetkeeper.api.state import AppState
 from fleetkeeper.errors import Invalid, Unauthenticated
 from fleetkeeper.services import auth
 from fleetkeeper.services.context import Change, Principal
 from fleetkeeper.services.selection import QueryScope
-from fleetkeeper.api.state import AppState
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -35,7 +35,9 @@ async def get_principal(
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthenticated("missing API token: send `Authorization: Bearer <token>`")
     async with state.db.read() as session:
-        principal, stale = await auth.authenticate_token(session, credentials.credentials, state.clock)
+        principal, stale = await auth.authenticate_token(
+            session, credentials.credentials, state.clock
+        )
     if stale and principal.token_id:
         async with state.db.write() as session:
             await auth.touch_token(session, principal.token_id, state.clock.now())
@@ -58,13 +60,19 @@ ReasonHeader = Annotated[
 
 
 def make_change(
-    state: AppState, principal: Principal, body_reason: str | None, header_reason: str | None,
-    *, reason_required: bool = False,
+    state: AppState,
+    principal: Principal,
+    body_reason: str | None,
+    header_reason: str | None,
+    *,
+    reason_required: bool = False,
 ) -> Change:
     """The audit context of a mutation; the body's `reason` wins over the header's."""
     reason = body_reason or header_reason
     if reason_required and state.settings.require_reason and not reason:
-        raise Invalid("this change needs a reason (`reason` field or X-Change-Reason header)",
-                      field="reason")
-    return Change(principal=principal, reason=reason, request_id=request_id_var.get(),
-                  clock=state.clock)
+        raise Invalid(
+            "this change needs a reason (`reason` field or X-Change-Reason header)", field="reason"
+        )
+    return Change(
+        principal=principal, reason=reason, request_id=request_id_var.get(), clock=state.clock
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,7 +19,9 @@ REQUESTS = Counter(
     "fleetkeeper_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
 LATENCY = Histogram(
-    "fleetkeeper_http_request_seconds", "HTTP request latency", ["method", "route"],
+    "fleetkeeper_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 

@@ -20,8 +20,9 @@ PROBLEM = "application/problem+json"
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "status": status, "title": title, "detail": detail, **extra}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM,
-                        headers=headers)
+    return JSONResponse(
+        jsonable_encoder(body), status_code=status, media_type=PROBLEM, headers=headers
+    )
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -47,8 +48,9 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     if any(e["type"] == "json_invalid" for e in errors):
         first = next(e for e in exc.errors() if e.get("type") == "json_invalid")
         where = first.get("ctx", {}).get("error", "")
-        return problem(400, "Malformed JSON", f"the request body is not valid JSON: {where}",
-                       errors=errors)
+        return problem(
+            400, "Malformed JSON", f"the request body is not valid JSON: {where}", errors=errors
+        )
     first_error = errors[0] if errors else {"field": "body", "message": "invalid"}
     detail = f"{first_error['field']}: {first_error['message']}"
     if len(errors) > 1:
@@ -58,8 +60,12 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {401: "Unauthenticated", 404: "Not found", 405: "Method not allowed",
-              413: "Payload too large"}
+    titles = {
+        401: "Unauthenticated",
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Payload too large",
+    }
     return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
 
 

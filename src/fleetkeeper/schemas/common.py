@@ -10,7 +10,9 @@ Reason = Annotated[
     str | None,
     Field(default=None, max_length=2000, description="Why: lands in the audit record."),
 ]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
 
 
 class Input(BaseModel):

@@ -46,7 +46,8 @@ class ModelOut(BaseModel):
 class GroupCreate(Input):
     name: Name
     query: str | None = Field(
-        default=None, max_length=4000,
+        default=None,
+        max_length=4000,
         description="A fleet query: the group is dynamic and its membership always current.",
     )
     description: str | None = Field(default=None, max_length=4000)

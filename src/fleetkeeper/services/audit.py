@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.services.context import Change, Principal
+from fleetkeeper.store.db import dialect_of
 from fleetkeeper.store.models import AuditRecord
 
 GENESIS = "0" * 64
@@ -58,12 +59,10 @@ async def append(
     after: Any = None,
 ) -> AuditRecord:
     """Add one record to the chain inside the caller's transaction (so both land or neither)."""
-    if session.bind.dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         # Held until commit: appenders queue here, and ids are handed out in chain order.
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-    prev = await session.scalar(
-        select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1)
-    )
+    prev = await session.scalar(select(AuditRecord.hash).order_by(AuditRecord.id.desc()).limit(1))
     record = AuditRecord(
         at=change.now(),
         actor=change.principal.actor,
@@ -92,7 +91,7 @@ class AuditFilter:
 
 
 def _conditions(principal: Principal, flt: AuditFilter) -> list[ColumnElement[bool]]:
-    conds = [principal.tenant_filter(AuditRecord.tenant_id)]  # type: ignore[arg-type]
+    conds = [principal.tenant_filter(AuditRecord.tenant_id)]
     if flt.actor:
         conds.append(AuditRecord.actor == flt.actor)
     if flt.action:
@@ -137,7 +136,10 @@ async def _stream(session: AsyncSession, batch: int = 5000) -> AsyncIterator[Aud
     while True:
         rows = (
             await session.scalars(
-                select(AuditRecord).where(AuditRecord.id > last).order_by(AuditRecord.id).limit(batch)
+                select(AuditRecord)
+                .where(AuditRecord.id > last)
+                .order_by(AuditRecord.id)
+                .limit(batch)
             )
         ).all()
         if not rows:
@@ -154,13 +156,19 @@ async def verify(session: AsyncSession) -> Verification:
     async for record in _stream(session):
         if record.prev_hash != prev:
             return Verification(
-                False, checked, prev, record.id,
+                False,
+                checked,
+                prev,
+                record.id,
                 f"record {record.id} does not follow the record before it "
                 "(a record was removed or inserted here)",
             )
         if record_hash(prev, record) != record.hash:
             return Verification(
-                False, checked, prev, record.id,
+                False,
+                checked,
+                prev,
+                record.id,
                 f"record {record.id} was altered after it was written",
             )
         prev = record.hash

@@ -97,7 +97,7 @@ async def authenticate_token(
     now = clock.now()
     if row is None:
         raise Unauthenticated("unknown API token")
-    api_token, user = row.tuple()
+    api_token, user = row
     if api_token.revoked_at is not None:
         raise Unauthenticated("this API token was revoked")
     if api_token.expires_at is not None and api_token.expires_at <= now:
@@ -120,9 +120,7 @@ async def touch_token(session: AsyncSession, token_id: str, now: datetime) -> No
     await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 
 
-async def authenticate_password(
-    session: AsyncSession, username: str, password: str
-) -> User:
+async def authenticate_password(session: AsyncSession, username: str, password: str) -> User:
     user = await session.scalar(select(User).where(User.username == username))
     # Hash even for unknown users so timing does not tell which usernames exist.
     stored = user.password_hash if user else _DUMMY_HASH
@@ -177,8 +175,12 @@ async def create_user(
     session.add(user)
     await session.flush()
     await audit.append(
-        session, change, action="user.create", target=f"user:{username}",
-        tenant_id=tenant_id, after={"role": role, "tenant": tenant_id},
+        session,
+        change,
+        action="user.create",
+        target=f"user:{username}",
+        tenant_id=tenant_id,
+        after={"role": role, "tenant": tenant_id},
     )
     return user
 
@@ -205,15 +207,20 @@ async def update_user(
         user.password_hash = hash_password(password)
     after = {"role": user.role, "disabled": user.disabled, "password_changed": password is not None}
     await audit.append(
-        session, change, action="user.update", target=f"user:{username}",
-        tenant_id=user.tenant_id, before=before, after=after,
+        session,
+        change,
+        action="user.update",
+        target=f"user:{username}",
+        tenant_id=user.tenant_id,
+        before=before,
+        after=after,
     )
     return user
 
 
 async def list_users(session: AsyncSession, principal: Principal) -> list[User]:
     principal.require("users:manage")
-    stmt = select(User).where(principal.tenant_filter(User.tenant_id)).order_by(User.username)  # type: ignore[arg-type]
+    stmt = select(User).where(principal.tenant_filter(User.tenant_id)).order_by(User.username)
     return list((await session.scalars(stmt)).all())
 
 
@@ -262,7 +269,10 @@ async def create_token(
     session.add(token)
     await session.flush()
     await audit.append(
-        session, change, action="token.create", target=f"token:{token.id}",
+        session,
+        change,
+        action="token.create",
+        target=f"token:{token.id}",
         tenant_id=user.tenant_id,
         after={"name": name, "role": role, "user": user.username, "expires_at": token.expires_at},
     )
@@ -290,7 +300,11 @@ async def revoke_token(session: AsyncSession, change: Change, token_id: str) -> 
         token.revoked_at = change.now()
         user = await session.get_one(User, token.user_id)
         await audit.append(
-            session, change, action="token.revoke", target=f"token:{token.id}",
-            tenant_id=user.tenant_id, after={"name": token.name},
+            session,
+            change,
+            action="token.revoke",
+            target=f"token:{token.id}",
+            tenant_id=user.tenant_id,
+            after={"name": token.name},
         )
     return token

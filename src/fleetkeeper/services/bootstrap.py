@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.ids import uuid7
 from fleetkeeper.services import audit
 from fleetkeeper.services.auth import create_token, hash_password, hash_token, password_matches
 from fleetkeeper.services.context import SYSTEM, Change, Principal
 from fleetkeeper.services.tenants import ensure_tenant
 from fleetkeeper.store.models import ApiToken, User
-from fleetkeeper.ids import uuid7
 
 DEFAULT_TENANT = "default"
 ADMIN = "admin"
@@ -35,20 +35,32 @@ async def bootstrap(
     first_start = admin is None
     if admin is None:
         admin = User(
-            id=uuid7(change.now()), username=ADMIN, role="admin", tenant_id=None,
-            disabled=False, created_at=change.now(),
+            id=uuid7(change.now()),
+            username=ADMIN,
+            role="admin",
+            tenant_id=None,
+            disabled=False,
+            created_at=change.now(),
         )
         session.add(admin)
         await session.flush()
         await audit.append(
-            session, change, action="user.create", target=f"user:{ADMIN}",
-            tenant_id=None, after={"role": "admin", "tenant": None},
+            session,
+            change,
+            action="user.create",
+            target=f"user:{ADMIN}",
+            tenant_id=None,
+            after={"role": "admin", "tenant": None},
         )
     if admin_password is not None and not password_matches(admin.password_hash, admin_password):
         admin.password_hash = hash_password(admin_password)
         await audit.append(
-            session, change, action="user.update", target=f"user:{ADMIN}",
-            tenant_id=None, after={"password_changed": True, "source": "FLEETKEEPER_ADMIN_PASSWORD"},
+            session,
+            change,
+            action="user.update",
+            target=f"user:{ADMIN}",
+            tenant_id=None,
+            after={"password_changed": True, "source": "FLEETKEEPER_ADMIN_PASSWORD"},
         )
     as_admin = Change(
         principal=Principal(actor=SYSTEM.actor, role="admin", tenant_id=None, user_id=admin.id),
@@ -72,8 +84,12 @@ async def _ensure_env_token(session: AsyncSession, change: Change, value: str) -
         if token.token_hash != wanted and token.revoked_at is None:
             token.revoked_at = change.now()
             await audit.append(
-                session, change, action="token.revoke", target=f"token:{token.id}",
-                tenant_id=None, after={"name": token.name, "why": "FLEETKEEPER_ADMIN_TOKEN changed"},
+                session,
+                change,
+                action="token.revoke",
+                target=f"token:{token.id}",
+                tenant_id=None,
+                after={"name": token.name, "why": "FLEETKEEPER_ADMIN_TOKEN changed"},
             )
     existing = await session.scalar(select(ApiToken).where(ApiToken.token_hash == wanted))
     if existing is None:
@@ -83,6 +99,10 @@ async def _ensure_env_token(session: AsyncSession, change: Change, value: str) -
         existing.role = "admin"
         existing.expires_at = None
         await audit.append(
-            session, change, action="token.restore", target=f"token:{existing.id}",
-            tenant_id=None, after={"name": existing.name, "source": "FLEETKEEPER_ADMIN_TOKEN"},
+            session,
+            change,
+            action="token.restore",
+            target=f"token:{existing.id}",
+            tenant_id=None,
+            after={"name": existing.name, "source": "FLEETKEEPER_ADMIN_TOKEN"},
         )

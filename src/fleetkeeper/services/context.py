@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, true
+from sqlalchemy import ColumnElement, SQLColumnExpression, true
 
 from fleetkeeper.clock import Clock, SystemClock
 from fleetkeeper.errors import Forbidden
@@ -29,7 +30,7 @@ class Principal:
         if not self.can(permission):
             raise Forbidden(f"role {self.role!r} lacks the permission {permission!r}")
 
-    def tenant_filter(self, column: ColumnElement[str]) -> ColumnElement[bool]:
+    def tenant_filter(self, column: SQLColumnExpression[Any]) -> ColumnElement[bool]:
         """The WHERE clause that keeps a tenant's users inside their tenant."""
         return true() if self.tenant_id is None else column == self.tenant_id
 

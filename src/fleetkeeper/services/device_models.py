@@ -23,8 +23,10 @@ def _check_schema(schema: dict[str, Any] | None) -> None:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "(root)"
-        raise Invalid(f"config_schema is not a valid JSON Schema at {where}: {exc.message}",
-                      field="config_schema") from None
+        raise Invalid(
+            f"config_schema is not a valid JSON Schema at {where}: {exc.message}",
+            field="config_schema",
+        ) from None
 
 
 def _require_write(principal: Principal) -> None:
@@ -60,14 +62,16 @@ async def create_model(session: AsyncSession, change: Change, data: ModelCreate)
     if await session.scalar(select(DeviceModel.id).where(DeviceModel.name == data.name)):
         raise Conflict(f"device model {data.name!r} exists already", field="name")
     now = change.now()
-    model = DeviceModel(
-        **data.model_dump(exclude={"reason"}), created_at=now, updated_at=now
-    )
+    model = DeviceModel(**data.model_dump(exclude={"reason"}), created_at=now, updated_at=now)
     session.add(model)
     await session.flush()
     await audit.append(
-        session, change, action="model.create", target=f"model:{model.name}",
-        tenant_id=None, after=_summary(model),
+        session,
+        change,
+        action="model.create",
+        target=f"model:{model.name}",
+        tenant_id=None,
+        after=_summary(model),
     )
     return model
 
@@ -91,8 +95,12 @@ async def update_model(
     if changed:
         model.updated_at = change.now()
         await audit.append(
-            session, change, action="model.update", target=f"model:{model.name}",
-            tenant_id=None, before={k: before[k] for k in changed},
+            session,
+            change,
+            action="model.update",
+            target=f"model:{model.name}",
+            tenant_id=None,
+            before={k: before[k] for k in changed},
             after={k: after[k] for k in changed},
         )
     return model
@@ -109,6 +117,10 @@ async def delete_model(session: AsyncSession, change: Change, name: str) -> None
     before = _summary(model)
     await session.delete(model)
     await audit.append(
-        session, change, action="model.delete", target=f"model:{name}", tenant_id=None,
+        session,
+        change,
+        action="model.delete",
+        target=f"model:{name}",
+        tenant_id=None,
         before=before,
     )

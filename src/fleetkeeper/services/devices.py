@@ -29,6 +29,7 @@ from fleetkeeper.services.selection import (
     encode_cursor,
     visible_groups,
 )
+from fleetkeeper.store.db import dialect_of
 from fleetkeeper.store.models import Device, DeviceModel, DeviceTag, Group, GroupMember, Tenant
 from fleetkeeper.versions import firmware_key
 
@@ -38,8 +39,9 @@ MAX_BUCKETS = 1000
 async def model_by_name(session: AsyncSession, name: str, field: str = "model") -> DeviceModel:
     model = await session.scalar(select(DeviceModel).where(DeviceModel.name == name))
     if model is None:
-        raise Invalid(f"unknown device model {name!r}: create it first (POST /api/v1/models)",
-                      field=field)
+        raise Invalid(
+            f"unknown device model {name!r}: create it first (POST /api/v1/models)", field=field
+        )
     return model
 
 
@@ -107,8 +109,12 @@ async def create_device(session: AsyncSession, change: Change, data: DeviceCreat
     session.add_all(DeviceTag(device_id=device.id, tag=t) for t in data.tags)
     await session.flush()
     await audit.append(
-        session, change, action="device.create", target=f"device:{device.id}",
-        tenant_id=tenant_id, after=summary(device, model.name, data.tags),
+        session,
+        change,
+        action="device.create",
+        target=f"device:{device.id}",
+        tenant_id=tenant_id,
+        after=summary(device, model.name, data.tags),
     )
     return device
 
@@ -119,7 +125,9 @@ async def update_device(
     principal = change.principal
     principal.require("devices:write")
     device = await get_device(session, principal, device_id)
-    model_name = await session.scalar(select(DeviceModel.name).where(DeviceModel.id == device.model_id))
+    model_name = await session.scalar(
+        select(DeviceModel.name).where(DeviceModel.id == device.model_id)
+    )
     old_tags = await _tags_of(session, device.id)
     before = summary(device, model_name or "", old_tags)
     fields = patch.model_fields_set - {"reason"}
@@ -162,7 +170,10 @@ async def update_device(
         device.updated_at = change.now()
         await session.flush()
         await audit.append(
-            session, change, action="device.update", target=f"device:{device.id}",
+            session,
+            change,
+            action="device.update",
+            target=f"device:{device.id}",
             tenant_id=device.tenant_id,
             before={k: before[k] for k in sorted(changed)},
             after={k: after[k] for k in sorted(changed)},
@@ -173,13 +184,19 @@ async def update_device(
 async def delete_device(session: AsyncSession, change: Change, device_id: str) -> None:
     change.principal.require("devices:write")
     device = await get_device(session, change.principal, device_id)
-    model_name = await session.scalar(select(DeviceModel.name).where(DeviceModel.id == device.model_id))
+    model_name = await session.scalar(
+        select(DeviceModel.name).where(DeviceModel.id == device.model_id)
+    )
     before = summary(device, model_name or "", await _tags_of(session, device.id))
     await session.delete(device)
     await session.flush()
     await audit.append(
-        session, change, action="device.delete", target=f"device:{device.id}",
-        tenant_id=device.tenant_id, before=before,
+        session,
+        change,
+        action="device.delete",
+        target=f"device:{device.id}",
+        tenant_id=device.tenant_id,
+        before=before,
     )
 
 
@@ -208,13 +225,11 @@ async def count_devices(session: AsyncSession, scope: QueryScope, q: str | None)
     return int(await session.scalar(select(func.count()).select_from(Device).where(where)) or 0)
 
 
-async def aggregate(
-    session: AsyncSession, scope: QueryScope, q: str | None, by: str
-) -> Aggregate:
+async def aggregate(session: AsyncSession, scope: QueryScope, q: str | None, by: str) -> Aggregate:
     scope.principal.require("devices:read")
     where = await compile_for(session, scope, q)
     try:
-        expr = field_expression(by, session.bind.dialect.name)
+        expr = field_expression(by, dialect_of(session))
     except Invalid as exc:
         raise Invalid(exc.detail, field="by") from None
     count = func.count().label("n")
@@ -225,7 +240,7 @@ async def aggregate(
         .group_by(expr)
         .order_by(count.desc())
     )
-    rows = (await session.execute(stmt)).tuples().all()
+    rows = (await session.execute(stmt)).all()
     buckets = [AggregateBucket(value=v, count=n) for v, n in rows]
     return Aggregate(by=by, total=sum(b.count for b in buckets), buckets=buckets[:MAX_BUCKETS])
 
@@ -239,18 +254,18 @@ async def render(
     ids = [d.id for d in devices]
     model_ids = {d.model_id for d in devices}
     models = dict(
-        (await session.execute(
-            select(DeviceModel.id, DeviceModel.name).where(DeviceModel.id.in_(model_ids))
-        )).tuples().all()
+        (
+            await session.execute(
+                select(DeviceModel.id, DeviceModel.name).where(DeviceModel.id.in_(model_ids))
+            )
+        ).all()
     )
     tags: dict[str, list[str]] = defaultdict(list)
-    for device_id, tag in (
-        await session.execute(
-            select(DeviceTag.device_id, DeviceTag.tag)
-            .where(DeviceTag.device_id.in_(ids))
-            .order_by(DeviceTag.tag)
-        )
-    ).tuples():
+    for device_id, tag in await session.execute(
+        select(DeviceTag.device_id, DeviceTag.tag)
+        .where(DeviceTag.device_id.in_(ids))
+        .order_by(DeviceTag.tag)
+    ):
         tags[device_id].append(tag)
     groups = await _groups_of(session, scope, devices)
     horizon = scope.now - scope.online_window
@@ -283,9 +298,7 @@ async def _groups_of(
     ids = [d.id for d in devices]
     found: dict[str, set[str]] = defaultdict(set)
     static = select(GroupMember.device_id, Group.name).join(Group, Group.id == GroupMember.group_id)
-    for device_id, name in (
-        await session.execute(static.where(GroupMember.device_id.in_(ids)))
-    ).tuples():
+    for device_id, name in await session.execute(static.where(GroupMember.device_id.in_(ids))):
         found[device_id].add(name)
     tenants = {d.tenant_id for d in devices}
     dynamic = (
@@ -294,12 +307,12 @@ async def _groups_of(
                 Group.query.is_not(None), Group.tenant_id.in_(tenants)
             )
         )
-    ).tuples().all()
+    ).all()
     contexts: dict[str, CompileContext] = {}
     for name, query, tenant in dynamic:
         if tenant not in contexts:
             contexts[tenant] = CompileContext(
-                dialect=session.bind.dialect.name,
+                dialect=dialect_of(session),
                 now=scope.now,
                 online_window=scope.online_window,
                 groups=await visible_groups(session, tenant),

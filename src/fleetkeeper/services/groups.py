@@ -14,6 +14,7 @@ from fleetkeeper.services import audit
 from fleetkeeper.services.context import Change, Principal
 from fleetkeeper.services.devices import resolve_tenant
 from fleetkeeper.services.selection import QueryScope, compile_for, visible_groups
+from fleetkeeper.store.db import dialect_of
 from fleetkeeper.store.models import Device, Group, GroupMember
 
 
@@ -73,8 +74,10 @@ async def _check_query(
     current = groups.get(name)
     groups[name] = GroupRef(id=current.id if current else -1, query=query)
     ctx = CompileContext(
-        dialect=session.bind.dialect.name, now=scope.now,
-        online_window=scope.online_window, groups=groups,
+        dialect=dialect_of(session),
+        now=scope.now,
+        online_window=scope.online_window,
+        groups=groups,
     )
     compile_query(parse(query), ctx)
     for other, ref in groups.items():
@@ -83,8 +86,9 @@ async def _check_query(
         try:
             compile_query(parse(ref.query), ctx)
         except FleetkeeperError as exc:
-            raise Invalid(f"this query would break group {other!r}: {exc.detail}",
-                          field="query") from None
+            raise Invalid(
+                f"this query would break group {other!r}: {exc.detail}", field="query"
+            ) from None
 
 
 async def create_group(
@@ -100,14 +104,22 @@ async def create_group(
         await _check_query(session, scope, tenant_id, data.name, data.query)
     now = change.now()
     group = Group(
-        tenant_id=tenant_id, name=data.name, query=data.query,
-        description=data.description, created_at=now, updated_at=now,
+        tenant_id=tenant_id,
+        name=data.name,
+        query=data.query,
+        description=data.description,
+        created_at=now,
+        updated_at=now,
     )
     session.add(group)
     await session.flush()
     await audit.append(
-        session, change, action="group.create", target=f"group:{group.name}",
-        tenant_id=tenant_id, after=_summary(group),
+        session,
+        change,
+        action="group.create",
+        target=f"group:{group.name}",
+        tenant_id=tenant_id,
+        after=_summary(group),
     )
     return group
 
@@ -120,8 +132,9 @@ async def update_group(
     fields = patch.model_fields_set - {"reason"}
     if "query" in fields:
         if (group.query is None) != (patch.query is None):
-            raise Conflict("a group cannot switch between static and dynamic; create a new one",
-                           field="query")
+            raise Conflict(
+                "a group cannot switch between static and dynamic; create a new one", field="query"
+            )
         if patch.query is not None:
             await _check_query(session, scope, group.tenant_id, group.name, patch.query)
         group.query = patch.query
@@ -131,8 +144,13 @@ async def update_group(
     if after != before:
         group.updated_at = change.now()
         await audit.append(
-            session, change, action="group.update", target=f"group:{group.name}",
-            tenant_id=group.tenant_id, before=before, after=after,
+            session,
+            change,
+            action="group.update",
+            target=f"group:{group.name}",
+            tenant_id=group.tenant_id,
+            before=before,
+            after=after,
         )
     return group
 
@@ -145,14 +163,18 @@ async def delete_group(session: AsyncSession, change: Change, group: Group) -> N
             Group.tenant_id == group.tenant_id, Group.query.is_not(None), Group.id != group.id
         )
     )
-    for other, query in dynamic.tuples():
+    for other, query in dynamic:
         if group.name in group_names(parse(query or "")):
             raise Conflict(f"group {other!r} uses group {group.name!r} in its query")
     before = _summary(group)
     await session.delete(group)
     await audit.append(
-        session, change, action="group.delete", target=f"group:{group.name}",
-        tenant_id=group.tenant_id, before=before,
+        session,
+        change,
+        action="group.delete",
+        target=f"group:{group.name}",
+        tenant_id=group.tenant_id,
+        before=before,
     )
 
 
@@ -165,23 +187,28 @@ async def change_members(
         raise Conflict(f"group {group.name!r} is dynamic: its query decides its members")
     wanted = sorted(set(device_ids))
     found = set(
-        (await session.scalars(
-            select(Device.id).where(Device.id.in_(wanted), Device.tenant_id == group.tenant_id)
-        )).all()
+        (
+            await session.scalars(
+                select(Device.id).where(Device.id.in_(wanted), Device.tenant_id == group.tenant_id)
+            )
+        ).all()
     )
     missing = [d for d in wanted if d not in found]
     if missing:
         raise Invalid(
             f"{len(missing)} device(s) not found in tenant {group.tenant_id!r}: "
             f"{', '.join(missing[:20])}",
-            field="devices", missing=missing[:1000],
+            field="devices",
+            missing=missing[:1000],
         )
     present = set(
-        (await session.scalars(
-            select(GroupMember.device_id).where(
-                GroupMember.group_id == group.id, GroupMember.device_id.in_(wanted)
+        (
+            await session.scalars(
+                select(GroupMember.device_id).where(
+                    GroupMember.group_id == group.id, GroupMember.device_id.in_(wanted)
+                )
             )
-        )).all()
+        ).all()
     )
     if add:
         todo = [d for d in wanted if d not in present]
@@ -189,14 +216,19 @@ async def change_members(
     else:
         todo = [d for d in wanted if d in present]
         await session.execute(
-            delete(GroupMember).where(GroupMember.group_id == group.id,
-                                      GroupMember.device_id.in_(todo))
+            delete(GroupMember).where(
+                GroupMember.group_id == group.id, GroupMember.device_id.in_(todo)
+            )
         )
     if todo:
         await session.flush()
         await audit.append(
-            session, change, action="group.add_members" if add else "group.remove_members",
-            target=f"group:{group.name}", tenant_id=group.tenant_id, after={"devices": todo},
+            session,
+            change,
+            action="group.add_members" if add else "group.remove_members",
+            target=f"group:{group.name}",
+            tenant_id=group.tenant_id,
+            after={"devices": todo},
         )
     return len(todo)
 

@@ -31,8 +31,19 @@ MAX_ROWS = 200_000
 MAX_REPORTED_ERRORS = 1000
 _CHUNK = 1000
 _PLAIN_NUMBER = re.compile(r"^-?(0|[1-9]\d*)(\.\d+)?$")
-_CSV_FIELDS = {"serial", "model", "name", "tenant", "state", "firmware_version",
-               "hardware_revision", "tags", "location.lat", "location.lon", "location.alt"}
+_CSV_FIELDS = {
+    "serial",
+    "model",
+    "name",
+    "tenant",
+    "state",
+    "firmware_version",
+    "hardware_revision",
+    "tags",
+    "location.lat",
+    "location.lon",
+    "location.alt",
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,8 @@ def parse_csv(body: str) -> list[dict[str, Any]]:
     if unknown:
         raise BadRequest(
             f"unknown CSV column(s) {', '.join(map(repr, unknown))}; columns are "
-            f"{', '.join(sorted(_CSV_FIELDS))} and attributes.<key>", field="header",
+            f"{', '.join(sorted(_CSV_FIELDS))} and attributes.<key>",
+            field="header",
         )
     if "serial" not in header or "model" not in header:
         raise BadRequest("CSV header needs at least the columns serial and model", field="header")
@@ -125,7 +137,9 @@ async def _existing_serials(session: AsyncSession, serials: list[str]) -> set[st
     found: set[str] = set()
     for i in range(0, len(serials), _CHUNK):
         chunk = serials[i : i + _CHUNK]
-        found.update((await session.scalars(select(Device.serial).where(Device.serial.in_(chunk)))).all())
+        found.update(
+            (await session.scalars(select(Device.serial).where(Device.serial.in_(chunk)))).all()
+        )
     return found
 
 
@@ -138,7 +152,7 @@ async def import_devices(session: AsyncSession, change: Change, rows: list[Any])
         raise Invalid("nothing to import: no rows", field="body")
     errors: list[RowError] = []
     valid = _validate(rows, errors)
-    models = dict((await session.execute(select(DeviceModel.name, DeviceModel.id))).tuples().all())
+    models = dict((await session.execute(select(DeviceModel.name, DeviceModel.id))).all())
     tenants = set((await session.scalars(select(Tenant.id))).all())
     default_tenant = principal.tenant_id or "default"
     seen: dict[str, int] = {}
@@ -155,8 +169,9 @@ async def import_devices(session: AsyncSession, change: Change, rows: list[Any])
         except Invalid as exc:
             errors.append(RowError(number, "state", exc.detail))
         if dev.serial in seen:
-            errors.append(RowError(number, "serial",
-                                   f"serial {dev.serial!r} repeats row {seen[dev.serial]}"))
+            errors.append(
+                RowError(number, "serial", f"serial {dev.serial!r} repeats row {seen[dev.serial]}")
+            )
         else:
             seen[dev.serial] = number
     taken = await _existing_serials(session, list(seen))
@@ -176,22 +191,24 @@ async def import_devices(session: AsyncSession, change: Change, rows: list[Any])
     tags: list[dict[str, Any]] = []
     for _, dev in valid:
         device_id = uuid7(now)
-        devices.append({
-            "id": device_id,
-            "serial": dev.serial,
-            "name": dev.name or dev.serial,
-            "model_id": models[dev.model],
-            "tenant_id": dev.tenant or default_tenant,
-            "state": dev.state or "registered",
-            "firmware_version": dev.firmware_version,
-            "firmware_key": firmware_key(dev.firmware_version),
-            "hardware_revision": dev.hardware_revision,
-            "attributes": dev.attributes,
-            "location": dev.location.model_dump(exclude_none=True) if dev.location else None,
-            "last_seen": None,
-            "created_at": now,
-            "updated_at": now,
-        })
+        devices.append(
+            {
+                "id": device_id,
+                "serial": dev.serial,
+                "name": dev.name or dev.serial,
+                "model_id": models[dev.model],
+                "tenant_id": dev.tenant or default_tenant,
+                "state": dev.state or "registered",
+                "firmware_version": dev.firmware_version,
+                "firmware_key": firmware_key(dev.firmware_version),
+                "hardware_revision": dev.hardware_revision,
+                "attributes": dev.attributes,
+                "location": dev.location.model_dump(exclude_none=True) if dev.location else None,
+                "last_seen": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         tags.extend({"device_id": device_id, "tag": t} for t in dev.tags)
     for i in range(0, len(devices), 5000):
         await session.execute(insert(Device), devices[i : i + 5000])
@@ -202,7 +219,11 @@ async def import_devices(session: AsyncSession, change: Change, rows: list[Any])
         by_tenant.setdefault(d["tenant_id"], []).append(d["serial"])
     for tenant_id, serials in sorted(by_tenant.items()):
         await audit.append(
-            session, change, action="device.import", target=f"tenant:{tenant_id}",
-            tenant_id=tenant_id, after={"count": len(serials), "serials": serials},
+            session,
+            change,
+            action="device.import",
+            target=f"tenant:{tenant_id}",
+            tenant_id=tenant_id,
+            after={"count": len(serials), "serials": serials},
         )
     return ImportResult(created=len(devices))

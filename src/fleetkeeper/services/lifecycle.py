@@ -1,10 +1,10 @@
 """The device lifecycle as an explicit transition table (a pure function, no I/O).
 
-    registered ──► pending ──► active ◄──► maintenance
-        │             │          ▲  │          │
-        │             │          │  ▼          │
-        │             │       quarantined ◄────┘
-        └─────────────┴──────────┴──► retired (final)
+registered ──► pending ──► active ◄──► maintenance
+    │             │          ▲  │          │
+    │             │          │  ▼          │
+    │             │       quarantined ◄────┘
+    └─────────────┴──────────┴──► retired (final)
 """
 
 from __future__ import annotations

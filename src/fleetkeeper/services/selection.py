@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fleetkeeper.errors import BadRequest
 from fleetkeeper.query import CompileContext, GroupRef, compile_query, group_names, parse
 from fleetkeeper.services.context import Principal
+from fleetkeeper.store.db import dialect_of
 from fleetkeeper.store.models import Device, Group
 
 
@@ -40,7 +41,7 @@ async def visible_groups(
     if tenant_id is not None:
         stmt = stmt.where(Group.tenant_id == tenant_id)
     groups: dict[str, GroupRef] = {}
-    for gid, name, query in (await session.execute(stmt)).tuples():
+    for gid, name, query in await session.execute(stmt):
         if name in groups and name in used:
             raise BadRequest(
                 f"group {name!r} exists in several tenants; query it as a user of one tenant",
@@ -62,7 +63,7 @@ async def compile_for(
         query = parse(text)
         names = group_names(query)
         ctx = CompileContext(
-            dialect=session.bind.dialect.name,
+            dialect=dialect_of(session),
             now=scope.now,
             online_window=scope.online_window,
             groups=await visible_groups(session, tenant, names) if names else {},
@@ -79,9 +80,11 @@ def decode_cursor(cursor: str) -> str:
     try:
         value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid cursor: pass back the next_cursor of a previous page",
-                         field="cursor") from None
+        raise BadRequest(
+            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
+        ) from None
     if not value or len(value) > 200:
-        raise BadRequest("invalid cursor: pass back the next_cursor of a previous page",
-                         field="cursor")
+        raise BadRequest(
+            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
+        )
     return value

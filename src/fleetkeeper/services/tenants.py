@@ -33,12 +33,16 @@ async def ensure_tenant(session: AsyncSession, change: Change, tenant_id: str, n
         session.add(tenant)
         await session.flush()
         await audit.append(
-            session, change, action="tenant.create", target=f"tenant:{tenant_id}",
-            tenant_id=tenant_id, after={"name": name},
+            session,
+            change,
+            action="tenant.create",
+            target=f"tenant:{tenant_id}",
+            tenant_id=tenant_id,
+            after={"name": name},
         )
     return tenant
 
 
 async def list_tenants(session: AsyncSession, principal: Principal) -> list[Tenant]:
-    stmt = select(Tenant).where(principal.tenant_filter(Tenant.id)).order_by(Tenant.id)  # type: ignore[arg-type]
+    stmt = select(Tenant).where(principal.tenant_filter(Tenant.id)).order_by(Tenant.id)
     return list((await session.scalars(stmt)).all())

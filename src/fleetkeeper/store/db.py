@@ -67,6 +67,11 @@ class Database:
         await self.engine.dispose()
 
 
+def dialect_of(session: AsyncSession) -> str:
+    """ "sqlite" or "postgresql": the database a session talks to."""
+    return session.get_bind().dialect.name
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

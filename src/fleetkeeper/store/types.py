@@ -15,7 +15,7 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 def BinaryString(length: int) -> String:
     """A string compared byte by byte on both databases (version keys, cursors)."""
-    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -43,10 +43,17 @@ def _view(r: AuditRecord) -> AuditOut:
     import json
 
     return AuditOut(
-        id=r.id, at=r.at, actor=r.actor, action=r.action, target=r.target, tenant=r.tenant_id,
-        reason=r.reason, request_id=r.request_id,
+        id=r.id,
+        at=r.at,
+        actor=r.actor,
+        action=r.action,
+        target=r.target,
+        tenant=r.tenant_id,
+        reason=r.reason,
+        request_id=r.request_id,
         before=json.loads(r.before) if r.before else None,
-        after=json.loads(r.after) if r.after else None, hash=r.hash,
+        after=json.loads(r.after) if r.after else None,
+        hash=r.hash,
     )
 
 
@@ -63,23 +70,29 @@ async def list_audit(
     cursor: Annotated[str | None, Query(max_length=20)] = None,
 ) -> Page[AuditOut]:
     if cursor is not None and not cursor.isdigit():
-        raise BadRequest("invalid cursor: pass back the next_cursor of a previous page",
-                         field="cursor")
+        raise BadRequest(
+            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
+        )
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise BadRequest(f"{name} needs a time zone, e.g. 2026-01-01T00:00:00Z", field=name)
     flt = audit.AuditFilter(actor=actor, action=action, target=target, since=since, until=until)
     async with state.db.read() as session:
-        rows = await audit.list_records(session, principal, flt, limit=limit + 1,
-                                        before_id=int(cursor) if cursor else None)
+        rows = await audit.list_records(
+            session, principal, flt, limit=limit + 1, before_id=int(cursor) if cursor else None
+        )
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(items=[_view(r) for r in rows],
-                next_cursor=str(rows[-1].id) if more and rows else None)
+    return Page(
+        items=[_view(r) for r in rows], next_cursor=str(rows[-1].id) if more and rows else None
+    )
 
 
-@router.post("/verify", response_model=VerificationOut,
-             summary="Check the hash chain of the whole audit trail")
+@router.post(
+    "/verify",
+    response_model=VerificationOut,
+    summary="Check the hash chain of the whole audit trail",
+)
 async def verify(state: StateDep, principal: PrincipalDep) -> VerificationOut:
     principal.require("audit:read")
     if principal.tenant_id is not None:

@@ -17,11 +17,16 @@ router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 FleetQuery = Annotated[
     str | None,
-    Query(max_length=4000, description="Fleet query, e.g. `model = thermo AND firmware_version "
-          "< 2.0.0 AND attributes.site = berlin-1` (see docs/query-language.md)."),
+    Query(
+        max_length=4000,
+        description="Fleet query, e.g. `model = thermo AND firmware_version "
+        "< 2.0.0 AND attributes.site = berlin-1` (see docs/query-language.md).",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
-Cursor = Annotated[str | None, Query(max_length=400, description="`next_cursor` of the page before.")]
+Cursor = Annotated[
+    str | None, Query(max_length=400, description="`next_cursor` of the page before.")
+]
 
 
 class ImportResult(BaseModel):
@@ -33,7 +38,9 @@ async def list_devices(
     state: StateDep, scope: ScopeDep, q: FleetQuery = None, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[DeviceOut]:
     async with state.db.read() as session:
-        rows, next_cursor = await devices.list_devices(session, scope, q, limit=limit, cursor=cursor)
+        rows, next_cursor = await devices.list_devices(
+            session, scope, q, limit=limit, cursor=cursor
+        )
         return Page(items=await devices.render(session, scope, rows), next_cursor=next_cursor)
 
 
@@ -51,8 +58,13 @@ async def create_device(
 async def aggregate(
     state: StateDep,
     scope: ScopeDep,
-    by: Annotated[str, Query(max_length=200, description="A field, e.g. firmware_version, "
-                             "model, state, tenant or attributes.site.")],
+    by: Annotated[
+        str,
+        Query(
+            max_length=200,
+            description="A field, e.g. firmware_version, model, state, tenant or attributes.site.",
+        ),
+    ],
     q: FleetQuery = None,
 ) -> Aggregate:
     async with state.db.read() as session:
@@ -99,8 +111,10 @@ async def import_devices(
     elif content_type == "application/json":
         rows = importer.parse_json(body)
     else:
-        raise BadRequest(f"unsupported content type {content_type!r}: send text/csv or "
-                         "application/json", field="content-type")
+        raise BadRequest(
+            f"unsupported content type {content_type!r}: send text/csv or application/json",
+            field="content-type",
+        )
     change = make_change(state, principal, None, x_change_reason)
     async with state.db.write() as session:
         result = await importer.import_devices(session, change, rows)
@@ -116,7 +130,10 @@ async def get_device(state: StateDep, scope: ScopeDep, device_id: str) -> Device
 
 @router.patch("/{device_id}", response_model=DeviceOut, summary="Change a device")
 async def update_device(
-    state: StateDep, scope: ScopeDep, device_id: str, body: DevicePatch,
+    state: StateDep,
+    scope: ScopeDep,
+    device_id: str,
+    body: DevicePatch,
     x_change_reason: ReasonHeader = None,
 ) -> DeviceOut:
     change = make_change(state, scope.principal, body.reason, x_change_reason, reason_required=True)
@@ -127,7 +144,9 @@ async def update_device(
 
 @router.delete("/{device_id}", status_code=204, summary="Remove a device from the inventory")
 async def delete_device(
-    state: StateDep, principal: PrincipalDep, device_id: str,
+    state: StateDep,
+    principal: PrincipalDep,
+    device_id: str,
     reason: Annotated[str | None, Query(max_length=2000)] = None,
     x_change_reason: ReasonHeader = None,
 ) -> Response:

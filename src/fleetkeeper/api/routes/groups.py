@@ -15,8 +15,10 @@ from fleetkeeper.schemas.inventory import GroupCreate, GroupOut, GroupPatch, Mem
 from fleetkeeper.services import devices, groups
 
 router = APIRouter(prefix="/api/v1/groups", tags=["groups"])
-TenantParam = Annotated[str | None, Query(max_length=64, description="When names repeat across "
-                                          "tenants (platform users only).")]
+TenantParam = Annotated[
+    str | None,
+    Query(max_length=64, description="When names repeat across tenants (platform users only)."),
+]
 
 
 class MembersChanged(BaseModel):
@@ -26,23 +28,30 @@ class MembersChanged(BaseModel):
 
 @router.get("", response_model=Page[GroupOut], summary="List groups")
 async def list_groups(
-    state: StateDep, scope: ScopeDep,
+    state: StateDep,
+    scope: ScopeDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=20)] = None,
 ) -> Page[GroupOut]:
     if cursor is not None and not cursor.isdigit():
-        raise BadRequest("invalid cursor: pass back the next_cursor of a previous page",
-                         field="cursor")
+        raise BadRequest(
+            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
+        )
     async with state.db.read() as session:
-        rows = await groups.list_groups(session, scope.principal, limit=limit,
-                                        after_id=int(cursor) if cursor else None)
+        rows = await groups.list_groups(
+            session, scope.principal, limit=limit, after_id=int(cursor) if cursor else None
+        )
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(items=[groups.view(g) for g in rows],
-                next_cursor=str(rows[-1].id) if more and rows else None)
+    return Page(
+        items=[groups.view(g) for g in rows],
+        next_cursor=str(rows[-1].id) if more and rows else None,
+    )
 
 
-@router.post("", status_code=201, response_model=GroupOut, summary="Create a static or dynamic group")
+@router.post(
+    "", status_code=201, response_model=GroupOut, summary="Create a static or dynamic group"
+)
 async def create_group(
     state: StateDep, scope: ScopeDep, body: GroupCreate, x_change_reason: ReasonHeader = None
 ) -> GroupOut:
@@ -53,7 +62,9 @@ async def create_group(
 
 
 @router.get("/{name}", response_model=GroupOut, summary="Show a group with its member count")
-async def get_group(state: StateDep, scope: ScopeDep, name: str, tenant: TenantParam = None) -> GroupOut:
+async def get_group(
+    state: StateDep, scope: ScopeDep, name: str, tenant: TenantParam = None
+) -> GroupOut:
     async with state.db.read() as session:
         group = await groups.get_group(session, scope.principal, name, tenant)
         return groups.view(group, await groups.member_count(session, scope, group))
@@ -61,7 +72,11 @@ async def get_group(state: StateDep, scope: ScopeDep, name: str, tenant: TenantP
 
 @router.patch("/{name}", response_model=GroupOut, summary="Change a group's query or description")
 async def update_group(
-    state: StateDep, scope: ScopeDep, name: str, body: GroupPatch, tenant: TenantParam = None,
+    state: StateDep,
+    scope: ScopeDep,
+    name: str,
+    body: GroupPatch,
+    tenant: TenantParam = None,
     x_change_reason: ReasonHeader = None,
 ) -> GroupOut:
     change = make_change(state, scope.principal, body.reason, x_change_reason, reason_required=True)
@@ -73,7 +88,10 @@ async def update_group(
 
 @router.delete("/{name}", status_code=204, summary="Delete a group (its devices stay)")
 async def delete_group(
-    state: StateDep, scope: ScopeDep, name: str, tenant: TenantParam = None,
+    state: StateDep,
+    scope: ScopeDep,
+    name: str,
+    tenant: TenantParam = None,
     reason: Annotated[str | None, Query(max_length=2000)] = None,
     x_change_reason: ReasonHeader = None,
 ) -> Response:
@@ -85,29 +103,49 @@ async def delete_group(
 
 
 async def _members(
-    state: StateDep, scope: ScopeDep, name: str, body: Members, tenant: str | None,
-    header_reason: str | None, *, add: bool,
+    state: StateDep,
+    scope: ScopeDep,
+    name: str,
+    body: Members,
+    tenant: str | None,
+    header_reason: str | None,
+    *,
+    add: bool,
 ) -> MembersChanged:
     change = make_change(state, scope.principal, body.reason, header_reason)
     async with state.db.write() as session:
         group = await groups.get_group(session, scope.principal, name, tenant)
         changed = await groups.change_members(session, change, group, body.devices, add=add)
-        return MembersChanged(changed=changed,
-                              member_count=await groups.member_count(session, scope, group))
+        return MembersChanged(
+            changed=changed, member_count=await groups.member_count(session, scope, group)
+        )
 
 
-@router.post("/{name}/members", response_model=MembersChanged, summary="Add devices to a static group")
+@router.post(
+    "/{name}/members", response_model=MembersChanged, summary="Add devices to a static group"
+)
 async def add_members(
-    state: StateDep, scope: ScopeDep, name: str, body: Members, tenant: TenantParam = None,
+    state: StateDep,
+    scope: ScopeDep,
+    name: str,
+    body: Members,
+    tenant: TenantParam = None,
     x_change_reason: ReasonHeader = None,
 ) -> MembersChanged:
     return await _members(state, scope, name, body, tenant, x_change_reason, add=True)
 
 
-@router.post("/{name}/members/remove", response_model=MembersChanged,
-             summary="Remove devices from a static group")
+@router.post(
+    "/{name}/members/remove",
+    response_model=MembersChanged,
+    summary="Remove devices from a static group",
+)
 async def remove_members(
-    state: StateDep, scope: ScopeDep, name: str, body: Members, tenant: TenantParam = None,
+    state: StateDep,
+    scope: ScopeDep,
+    name: str,
+    body: Members,
+    tenant: TenantParam = None,
     x_change_reason: ReasonHeader = None,
 ) -> MembersChanged:
     return await _members(state, scope, name, body, tenant, x_change_reason, add=False)
@@ -115,7 +153,10 @@ async def remove_members(
 
 @router.get("/{name}/devices", response_model=Page[DeviceOut], summary="List a group's devices")
 async def group_devices(
-    state: StateDep, scope: ScopeDep, name: str, tenant: TenantParam = None,
+    state: StateDep,
+    scope: ScopeDep,
+    name: str,
+    tenant: TenantParam = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Page[DeviceOut]:

@@ -23,7 +23,10 @@ async def list_models(state: StateDep, principal: PrincipalDep) -> Page[ModelOut
 
 @router.post("", status_code=201, response_model=ModelOut, summary="Create a device model")
 async def create_model(
-    state: StateDep, principal: PrincipalDep, body: ModelCreate, x_change_reason: ReasonHeader = None
+    state: StateDep,
+    principal: PrincipalDep,
+    body: ModelCreate,
+    x_change_reason: ReasonHeader = None,
 ) -> ModelOut:
     change = make_change(state, principal, body.reason, x_change_reason)
     async with state.db.write() as session:
@@ -38,7 +41,10 @@ async def get_model(state: StateDep, principal: PrincipalDep, name: str) -> Mode
 
 @router.patch("/{name}", response_model=ModelOut, summary="Change a device model")
 async def update_model(
-    state: StateDep, principal: PrincipalDep, name: str, body: ModelPatch,
+    state: StateDep,
+    principal: PrincipalDep,
+    name: str,
+    body: ModelPatch,
     x_change_reason: ReasonHeader = None,
 ) -> ModelOut:
     change = make_change(state, principal, body.reason, x_change_reason, reason_required=True)
@@ -48,7 +54,9 @@ async def update_model(
 
 @router.delete("/{name}", status_code=204, summary="Delete a device model no device uses")
 async def delete_model(
-    state: StateDep, principal: PrincipalDep, name: str,
+    state: StateDep,
+    principal: PrincipalDep,
+    name: str,
     reason: Annotated[str | None, Query(max_length=2000)] = None,
     x_change_reason: ReasonHeader = None,
 ) -> Response:

@@ -50,13 +50,20 @@ async def list_tokens(state: StateDep, principal: PrincipalDep) -> Page[TokenOut
 
 @router.post("", status_code=201, response_model=NewToken, summary="Create an API token")
 async def create_token(
-    state: StateDep, principal: PrincipalDep, body: TokenCreate, x_change_reason: ReasonHeader = None
+    state: StateDep,
+    principal: PrincipalDep,
+    body: TokenCreate,
+    x_change_reason: ReasonHeader = None,
 ) -> NewToken:
     change = make_change(state, principal, body.reason, x_change_reason)
     days = body.expires_in_days or state.settings.token_ttl_days
     async with state.db.write() as session:
         token, secret = await auth.create_token(
-            session, change, name=body.name, role=body.role, expires_in_days=days,
+            session,
+            change,
+            name=body.name,
+            role=body.role,
+            expires_in_days=days,
             username=body.user,
         )
     return NewToken(**auth.token_view(token), token=secret)

@@ -63,20 +63,35 @@ async def create_user(
 ) -> UserOut:
     change = make_change(state, principal, body.reason, x_change_reason)
     async with state.db.write() as session:
-        user = await auth.create_user(session, change, username=body.username, role=body.role,
-                                      password=body.password, tenant_id=body.tenant)
+        user = await auth.create_user(
+            session,
+            change,
+            username=body.username,
+            role=body.role,
+            password=body.password,
+            tenant_id=body.tenant,
+        )
     return UserOut(**auth.user_view(user))
 
 
 @router.patch("/users/{username}", response_model=UserOut, summary="Change a user")
 async def update_user(
-    state: StateDep, principal: PrincipalDep, username: str, body: UserPatch,
+    state: StateDep,
+    principal: PrincipalDep,
+    username: str,
+    body: UserPatch,
     x_change_reason: ReasonHeader = None,
 ) -> UserOut:
     change = make_change(state, principal, body.reason, x_change_reason, reason_required=True)
     async with state.db.write() as session:
-        user = await auth.update_user(session, change, username, role=body.role,
-                                      password=body.password, disabled=body.disabled)
+        user = await auth.update_user(
+            session,
+            change,
+            username,
+            role=body.role,
+            password=body.password,
+            disabled=body.disabled,
+        )
     return UserOut(**auth.user_view(user))
 
 
@@ -89,7 +104,10 @@ async def list_tenants(state: StateDep, principal: PrincipalDep) -> Page[TenantO
 
 @router.post("/tenants", status_code=201, response_model=TenantOut, summary="Create a tenant")
 async def create_tenant(
-    state: StateDep, principal: PrincipalDep, body: TenantCreate, x_change_reason: ReasonHeader = None
+    state: StateDep,
+    principal: PrincipalDep,
+    body: TenantCreate,
+    x_change_reason: ReasonHeader = None,
 ) -> TenantOut:
     change = make_change(state, principal, body.reason, x_change_reason)
     async with state.db.write() as session:
