@@ -72,7 +72,7 @@ async def _check_query(
     """
     groups = await visible_groups(session, tenant_id)
     current = groups.get(name)
-    groups[name] = GroupRef(id=current.id if current else -1, query=query)
+    groups[name] = GroupRef(id=current.id if current else -1, query=query, tenant_id=tenant_id)
     ctx = CompileContext(
         dialect=dialect_of(session),
         now=scope.now,

@@ -37,17 +37,17 @@ async def visible_groups(
     All of them, since a dynamic group's query may name further groups; a name that several
     tenants use is an error only when the query at hand uses it.
     """
-    stmt = select(Group.id, Group.name, Group.query)
+    stmt = select(Group.id, Group.name, Group.query, Group.tenant_id)
     if tenant_id is not None:
         stmt = stmt.where(Group.tenant_id == tenant_id)
     groups: dict[str, GroupRef] = {}
-    for gid, name, query in await session.execute(stmt):
+    for gid, name, query, tenant in await session.execute(stmt):
         if name in groups and name in used:
             raise BadRequest(
                 f"group {name!r} exists in several tenants; query it as a user of one tenant",
                 field="q",
             )
-        groups[name] = GroupRef(id=gid, query=query)
+        groups[name] = GroupRef(id=gid, query=query, tenant_id=tenant)
     return groups
 
 
