@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     online_window_seconds: int = Field(
         default=300, description="A device counts as online when seen within this many seconds."
     )
+    indexed_attributes: str = Field(
+        default="site",
+        description="Comma-separated attribute keys to index on SQLite (PostgreSQL indexes "
+        "every attribute for equality).",
+    )
     require_reason: bool = Field(
         default=False,
         description="Refuse operator changes (update, delete) that carry no reason.",

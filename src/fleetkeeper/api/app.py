@@ -22,6 +22,7 @@ from fleetkeeper.services.bootstrap import bootstrap
 from fleetkeeper.services.context import SYSTEM, Change
 from fleetkeeper.settings import Settings
 from fleetkeeper.store.db import Database
+from fleetkeeper.store.indexes import ensure_attribute_indexes, parse_keys
 from fleetkeeper.store.migrate import upgrade
 
 log = logging.getLogger("fleetkeeper")
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(url)
         db = Database(url)
+        await ensure_attribute_indexes(db, parse_keys(settings.indexed_attributes))
         app.state.fleetkeeper = AppState(settings=settings, db=db, clock=clock)
         async with db.write() as session:
             result = await bootstrap(

@@ -28,6 +28,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -183,8 +184,11 @@ def _path(name: str, error: type[BadRequest | Invalid] = BadRequest) -> tuple[st
         raise error(str(exc), field=name) from None
 
 
-def _sqlite_path(keys: tuple[str, ...]) -> str:
-    return "$" + "".join(f'."{key}"' for key in keys)
+def _sqlite_path(keys: tuple[str, ...]) -> ColumnElement[str]:
+    """The JSON path as an SQL literal, not a parameter: SQLite matches an expression index
+    (`store.indexes.attribute_index`) only when the query spells the same literal path.
+    Keys hold only letters, digits, `_` and `-` (the parser checks), so quoting is safe."""
+    return literal_column("'$" + "".join(f'."{key}"' for key in keys) + "'", String)
 
 
 def _online(since: datetime) -> ColumnElement[bool]:
@@ -312,6 +316,10 @@ class _Compiler:
             # Containment is what the GIN index ix_devices_attributes (jsonb_path_ops) serves.
             contains = Device.attributes.op("@>", is_comparison=True)
             return contains(cast(literal(_containing(keys, value)), JSONB))
+        if op == "=" and isinstance(operand, str):
+            # Equality first, so an expression index on the attribute can serve it; `IS`
+            # keeps the whole never NULL (missing key: false), as NOT needs.
+            return and_(as_text == operand, kind.is_(literal("text")))
         if isinstance(operand, bool):
             return func.coalesce(kind, "") == ("true" if operand else "false")
         if isinstance(operand, str):

@@ -64,6 +64,10 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        if self.is_sqlite:
+            # SQLite's advice: let it refresh planner statistics before closing.
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA optimize")
         await self.engine.dispose()
 
 

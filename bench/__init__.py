@@ -1,0 +1,1 @@
+"""Fleetkeeper's benchmark suite: `python -m bench --help`."""

@@ -1,0 +1,61 @@
+"""python -m bench [SCENARIO ...] [--quick] [--database sqlite,postgresql] [--pg-url URL]
+
+Scenarios: fleet-query (with fleet-aggregate), bulk-import. Each reports its figure beside the
+bare database doing the same work, as a ratio; results go to bench/results/*.json and the
+table in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from bench import inventory
+from bench.databases import DEFAULT_PG
+from bench.harness import Result, save
+from bench.report import update_doc
+
+SCENARIOS = ("fleet-query", "bulk-import")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=[])
+    parser.add_argument("--quick", action="store_true", help="small fleets, few rounds (< 5 min)")
+    parser.add_argument("--database", default="sqlite,postgresql",
+                        help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--pg-url", default=DEFAULT_PG, help="PostgreSQL server for throw-away databases")
+    parser.add_argument("--sizes", help="comma-separated fleet sizes for fleet-query")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/performance.md")
+    args = parser.parse_args(argv)
+    chosen = args.scenarios or list(SCENARIOS)
+    kinds = [k.strip() for k in args.database.split(",") if k.strip()]
+    sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
+             else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    results: list[Result] = []
+    for kind in kinds:
+        if "fleet-query" in chosen:
+            results += inventory.query_and_aggregate(kind, sizes, args.pg_url,
+                                                     rounds=15 if args.quick else 40)
+        if "bulk-import" in chosen:
+            results += inventory.bulk_import(kind, 20_000 if args.quick else 100_000, args.pg_url,
+                                             rounds=1 if args.quick else 3)
+    path = save(results, "quick" if args.quick else "full")
+    if not args.no_doc:
+        update_doc()
+    if args.json:
+        print(json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2))
+    else:
+        for r in results:
+            print(f"{r.scenario:16} {r.database:10} {r.fleet_size:>9,}  ours {r.ours['median_s']*1000:9.1f} ms"
+                  f"  limit {r.limit['median_s']*1000:9.1f} ms  ratio {r.ratio:5.1f}x")
+        print(f"saved {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
