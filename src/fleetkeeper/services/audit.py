@@ -81,6 +81,32 @@ async def append(
     return record
 
 
+async def append_changes(
+    session: AsyncSession,
+    change: Change,
+    *,
+    action: str,
+    target: str,
+    tenant_id: str | None,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> bool:
+    """Record only the keys whose value changed; nothing (and False) when none did."""
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    if not changed:
+        return False
+    await append(
+        session,
+        change,
+        action=action,
+        target=target,
+        tenant_id=tenant_id,
+        before={k: before.get(k) for k in changed},
+        after={k: after[k] for k in changed},
+    )
+    return True
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     actor: str | None = None

@@ -91,18 +91,16 @@ async def update_model(
             value = []
         setattr(model, field, value)
     after = _summary(model)
-    changed = sorted(k for k in after if after[k] != before[k])
-    if changed:
+    if await audit.append_changes(
+        session,
+        change,
+        action="model.update",
+        target=f"model:{model.name}",
+        tenant_id=None,
+        before=before,
+        after=after,
+    ):
         model.updated_at = change.now()
-        await audit.append(
-            session,
-            change,
-            action="model.update",
-            target=f"model:{model.name}",
-            tenant_id=None,
-            before={k: before[k] for k in changed},
-            after={k: after[k] for k in changed},
-        )
     return model
 
 

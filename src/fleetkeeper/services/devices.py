@@ -165,19 +165,17 @@ async def update_device(
         await session.execute(delete(DeviceTag).where(DeviceTag.device_id == device.id))
         session.add_all(DeviceTag(device_id=device.id, tag=t) for t in tags)
     after = summary(device, model_name or "", tags)
-    changed = {k for k in after if after[k] != before[k]}
-    if changed:
+    await session.flush()
+    if await audit.append_changes(
+        session,
+        change,
+        action="device.update",
+        target=f"device:{device.id}",
+        tenant_id=device.tenant_id,
+        before=before,
+        after=after,
+    ):
         device.updated_at = change.now()
-        await session.flush()
-        await audit.append(
-            session,
-            change,
-            action="device.update",
-            target=f"device:{device.id}",
-            tenant_id=device.tenant_id,
-            before={k: before[k] for k in sorted(changed)},
-            after={k: after[k] for k in sorted(changed)},
-        )
     return device
 
 
