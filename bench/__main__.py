@@ -21,29 +21,42 @@ SCENARIOS = ("fleet-query", "bulk-import")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=[])
     parser.add_argument("--quick", action="store_true", help="small fleets, few rounds (< 5 min)")
-    parser.add_argument("--database", default="sqlite,postgresql",
-                        help="comma-separated: sqlite, postgresql")
-    parser.add_argument("--pg-url", default=DEFAULT_PG, help="PostgreSQL server for throw-away databases")
+    parser.add_argument(
+        "--database", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
+    parser.add_argument(
+        "--pg-url", default=DEFAULT_PG, help="PostgreSQL server for throw-away databases"
+    )
     parser.add_argument("--sizes", help="comma-separated fleet sizes for fleet-query")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/performance.md")
     args = parser.parse_args(argv)
     chosen = args.scenarios or list(SCENARIOS)
     kinds = [k.strip() for k in args.database.split(",") if k.strip()]
-    sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
-             else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else [10_000, 100_000]
+        if args.quick
+        else [10_000, 100_000, 1_000_000]
+    )
     results: list[Result] = []
     for kind in kinds:
         if "fleet-query" in chosen:
-            results += inventory.query_and_aggregate(kind, sizes, args.pg_url,
-                                                     rounds=15 if args.quick else 40)
+            results += inventory.query_and_aggregate(
+                kind, sizes, args.pg_url, rounds=15 if args.quick else 40
+            )
         if "bulk-import" in chosen:
-            results += inventory.bulk_import(kind, 20_000 if args.quick else 100_000, args.pg_url,
-                                             rounds=1 if args.quick else 3)
+            results += inventory.bulk_import(
+                kind, 20_000 if args.quick else 100_000, args.pg_url, rounds=1 if args.quick else 3
+            )
     path = save(results, "quick" if args.quick else "full")
     if not args.no_doc:
         update_doc()
@@ -51,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2))
     else:
         for r in results:
-            print(f"{r.scenario:16} {r.database:10} {r.fleet_size:>9,}  ours {r.ours['median_s']*1000:9.1f} ms"
-                  f"  limit {r.limit['median_s']*1000:9.1f} ms  ratio {r.ratio:5.1f}x")
+            print(
+                f"{r.scenario:16} {r.database:10} {r.fleet_size:>9,}"
+                f"  ours {r.ours['median_s'] * 1000:9.1f} ms"
+                f"  limit {r.limit['median_s'] * 1000:9.1f} ms  ratio {r.ratio:5.1f}x"
+            )
         print(f"saved {path}", file=sys.stderr)
     return 0
 

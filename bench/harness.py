@@ -44,8 +44,12 @@ class Stats:
         return _quantile(self.samples, 0.9)
 
     def summary(self) -> dict[str, float]:
-        return {"median_s": self.median, "p10_s": self.p10, "p90_s": self.p90,
-                "rounds": len(self.samples)}
+        return {
+            "median_s": self.median,
+            "p10_s": self.p10,
+            "p90_s": self.p90,
+            "rounds": len(self.samples),
+        }
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -128,9 +132,21 @@ def server(database_url: str, *, data_dir: Path | None = None) -> Iterator[httpx
     }
     log = (workdir / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetkeeper", "serve", "--port", str(port),
-         "--data-dir", str(data_dir or workdir), "--database-url", database_url],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "fleetkeeper",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir or workdir),
+            "--database-url",
+            database_url,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -146,8 +162,9 @@ def server(database_url: str, *, data_dir: Path | None = None) -> Iterator[httpx
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become healthy in 120 s")
             time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=600,
-                          headers={"Authorization": f"Bearer {BENCH_TOKEN}"}) as client:
+        with httpx.Client(
+            base_url=base, timeout=600, headers={"Authorization": f"Bearer {BENCH_TOKEN}"}
+        ) as client:
             yield client
     finally:
         proc.terminate()

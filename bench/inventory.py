@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -52,33 +53,58 @@ def query_and_aggregate(kind: str, sizes: list[int], pg_url: str, rounds: int) -
     return results
 
 
-def _query(kind: str, size: int, client: httpx.Client, raw: RawConnection, rounds: int) -> list[Result]:
+def _query(
+    kind: str, size: int, client: httpx.Client, raw: RawConnection, rounds: int
+) -> list[Result]:
     page = _get(client, "/api/v1/devices", q=QUERY, limit=50)
     sql = _list_sql(kind, QUERY, 50)
     assert len(raw.fetch(sql)) == min(51, len(page["items"]) + (1 if page["next_cursor"] else 0))
     ours = measure(lambda: _get(client, "/api/v1/devices", q=QUERY, limit=50), rounds=rounds)
     limit = measure(lambda: raw.fetch(sql), rounds=rounds)
-    return [Result(
-        scenario="fleet-query", metric="first page (50) of an indexed fleet query, latency",
-        fleet_size=size, database=kind, ours=ours.summary(), limit_name="same SQL, bare driver",
-        limit=limit.summary(), goal="< 50 ms median at 10^6 devices",
-        extra={"query": QUERY, "matches_on_page": len(page["items"])},
-    )]
+    return [
+        Result(
+            scenario="fleet-query",
+            metric="first page (50) of an indexed fleet query, latency",
+            fleet_size=size,
+            database=kind,
+            ours=ours.summary(),
+            limit_name="same SQL, bare driver",
+            limit=limit.summary(),
+            goal="< 50 ms median at 10^6 devices",
+            extra={"query": QUERY, "matches_on_page": len(page["items"])},
+        )
+    ]
 
 
-def _aggregate(kind: str, size: int, client: httpx.Client, raw: RawConnection, rounds: int) -> list[Result]:
-    sql = _sql(kind, select(Device.firmware_version, func.count()).group_by(Device.firmware_version)
-               .order_by(func.count().desc()))
+def _aggregate(
+    kind: str, size: int, client: httpx.Client, raw: RawConnection, rounds: int
+) -> list[Result]:
+    sql = _sql(
+        kind,
+        select(Device.firmware_version, func.count())
+        .group_by(Device.firmware_version)
+        .order_by(func.count().desc()),
+    )
     body = _get(client, "/api/v1/devices/aggregate", by="firmware_version")
     assert body["total"] == size, body
-    ours = measure(lambda: _get(client, "/api/v1/devices/aggregate", by="firmware_version"),
-                   rounds=rounds, warmup=1)
+    ours = measure(
+        lambda: _get(client, "/api/v1/devices/aggregate", by="firmware_version"),
+        rounds=rounds,
+        warmup=1,
+    )
     limit = measure(lambda: raw.fetch(sql), rounds=rounds, warmup=1)
-    return [Result(
-        scenario="fleet-aggregate", metric="count by firmware_version over all devices",
-        fleet_size=size, database=kind, ours=ours.summary(), limit_name="same GROUP BY, bare driver",
-        limit=limit.summary(), goal="< 1 s at 10^6 devices",
-    )]
+    return [
+        Result(
+            scenario="fleet-aggregate",
+            metric="count by firmware_version over all devices",
+            fleet_size=size,
+            database=kind,
+            ours=ours.summary(),
+            limit_name="same GROUP BY, bare driver",
+            limit=limit.summary(),
+            goal="< 1 s at 10^6 devices",
+        )
+    ]
 
 
 def bulk_import(kind: str, size: int, pg_url: str, rounds: int) -> list[Result]:
@@ -90,22 +116,31 @@ def bulk_import(kind: str, size: int, pg_url: str, rounds: int) -> list[Result]:
         with fresh_database(kind, pg_url) as url:
             populate(url, 0)
             with server(url) as client:
-                stats = measure(lambda b=body: _post_csv(client, b), rounds=1, warmup=0)
-                ours_samples += stats.samples
+                ours_samples += measure(
+                    partial(_post_csv, client, body), rounds=1, warmup=0
+                ).samples
+        with fresh_database(kind, pg_url) as url:
+            populate(url, 0)
             raw = RawConnection(url)
             try:
-                rows = _raw_rows(size, r)
-                raw_samples += measure(lambda: raw.run(_inserter(kind, rows)), rounds=1, warmup=0).samples
+                insert = _inserter(kind, _raw_rows(size, r))
+                raw_samples += measure(partial(raw.run, insert), rounds=1, warmup=0).samples
             finally:
                 raw.close()
     from bench.harness import Stats
 
-    return [Result(
-        scenario="bulk-import", metric=f"import {size} devices from CSV (all or nothing)",
-        fleet_size=size, database=kind, ours=Stats(ours_samples).summary(),
-        limit_name="insert the same rows, bare driver (executemany / COPY)",
-        limit=Stats(raw_samples).summary(), goal="< 30 s for 100,000 devices",
-    )]
+    return [
+        Result(
+            scenario="bulk-import",
+            metric=f"import {size} devices from CSV (all or nothing)",
+            fleet_size=size,
+            database=kind,
+            ours=Stats(ours_samples).summary(),
+            limit_name="insert the same rows, bare driver (executemany / COPY)",
+            limit=Stats(raw_samples).summary(),
+            goal="< 30 s for 100,000 devices",
+        )
+    ]
 
 
 def _post_csv(client: httpx.Client, body: str) -> None:
@@ -119,11 +154,24 @@ def _raw_rows(size: int, round_no: int) -> list[tuple[Any, ...]]:
 
     rows = []
     for row in device_rows(size, seed=101 + round_no, prefix=f"RAW{round_no}"):
-        rows.append((
-            row["id"], row["serial"], row["name"], 1, "default", "registered",
-            row["firmware_version"], None, None, json.dumps(row["attributes"]), None,
-            None, _naive(NOW), _naive(NOW),
-        ))
+        rows.append(
+            (
+                row["id"],
+                row["serial"],
+                row["name"],
+                1,
+                "default",
+                "registered",
+                row["firmware_version"],
+                None,
+                None,
+                json.dumps(row["attributes"]),
+                None,
+                None,
+                _naive(NOW),
+                _naive(NOW),
+            )
+        )
     return rows
 
 
@@ -131,9 +179,13 @@ def _inserter(kind: str, rows: list[tuple[Any, ...]]) -> Any:
     placeholders = ",".join("?" * len(COLUMNS))
 
     def sqlite_insert(conn: Any) -> None:
-        conn.executemany(f"INSERT INTO devices ({','.join(COLUMNS)}) VALUES ({placeholders})",
-                         [tuple(v.isoformat(sep=" ") if hasattr(v, "isoformat") else v for v in r)
-                          for r in rows])
+        conn.executemany(
+            f"INSERT INTO devices ({','.join(COLUMNS)}) VALUES ({placeholders})",
+            [
+                tuple(v.isoformat(sep=" ") if hasattr(v, "isoformat") else v for v in r)
+                for r in rows
+            ],
+        )
         conn.commit()
 
     async def pg_copy(conn: Any) -> None:

@@ -63,16 +63,39 @@ def _naive(t: datetime) -> datetime:
 
 def _record(row: dict[str, Any], model_ids: dict[str, int]) -> tuple[Any, ...]:
     return (
-        row["id"], row["serial"], row["name"], model_ids[row["model"]], "default", "active",
-        row["firmware_version"], firmware_key(row["firmware_version"]), None,
-        json.dumps(row["attributes"]), json.dumps(row["location"]),
-        _naive(row["last_seen"]), _naive(row["created_at"]), _naive(row["created_at"]),
+        row["id"],
+        row["serial"],
+        row["name"],
+        model_ids[row["model"]],
+        "default",
+        "active",
+        row["firmware_version"],
+        firmware_key(row["firmware_version"]),
+        None,
+        json.dumps(row["attributes"]),
+        json.dumps(row["location"]),
+        _naive(row["last_seen"]),
+        _naive(row["created_at"]),
+        _naive(row["created_at"]),
     )
 
 
-COLUMNS = ("id", "serial", "name", "model_id", "tenant_id", "state", "firmware_version",
-           "firmware_key", "hardware_revision", "attributes", "location", "last_seen",
-           "created_at", "updated_at")
+COLUMNS = (
+    "id",
+    "serial",
+    "name",
+    "model_id",
+    "tenant_id",
+    "state",
+    "firmware_version",
+    "firmware_key",
+    "hardware_revision",
+    "attributes",
+    "location",
+    "last_seen",
+    "created_at",
+    "updated_at",
+)
 
 
 def populate(url: str, n: int, seed: int = 7) -> None:
@@ -93,15 +116,19 @@ def _populate_sqlite(path: str, n: int, seed: int) -> None:
     for name in MODELS:
         conn.execute(
             "INSERT INTO device_models (name, capabilities, created_at, updated_at) "
-            "VALUES (?, '[]', ?, ?)", (name, now, now))
+            "VALUES (?, '[]', ?, ?)",
+            (name, now, now),
+        )
     model_ids = dict(conn.execute("SELECT name, id FROM device_models"))
     placeholders = ",".join("?" * len(COLUMNS))
     batch: list[tuple[Any, ...]] = []
     tags: list[tuple[str, str]] = []
 
     def flush() -> None:
-        conn.executemany(f"INSERT INTO devices ({','.join(COLUMNS)}) VALUES ({placeholders})",
-                         [tuple(_sqlite_value(v) for v in r) for r in batch])
+        conn.executemany(
+            f"INSERT INTO devices ({','.join(COLUMNS)}) VALUES ({placeholders})",
+            [tuple(_sqlite_value(v) for v in r) for r in batch],
+        )
         conn.executemany("INSERT INTO device_tags VALUES (?, ?)", tags)
         batch.clear()
         tags.clear()
@@ -119,7 +146,9 @@ def _populate_sqlite(path: str, n: int, seed: int) -> None:
 
 def _sqlite_value(value: Any) -> Any:
     # SQLAlchemy stores DateTime on SQLite as 'YYYY-MM-DD HH:MM:SS.ffffff'.
-    return value.isoformat(sep=" ", timespec="microseconds") if isinstance(value, datetime) else value
+    return (
+        value.isoformat(sep=" ", timespec="microseconds") if isinstance(value, datetime) else value
+    )
 
 
 async def _populate_postgres(url: str, n: int, seed: int) -> None:
@@ -128,12 +157,20 @@ async def _populate_postgres(url: str, n: int, seed: int) -> None:
     conn = await asyncpg.connect(_plain_pg_url(url))
     try:
         now = _naive(NOW)
-        await conn.execute("INSERT INTO tenants VALUES ('default', 'Default tenant', $1) "
-                           "ON CONFLICT DO NOTHING", now)
+        await conn.execute(
+            "INSERT INTO tenants VALUES ('default', 'Default tenant', $1) ON CONFLICT DO NOTHING",
+            now,
+        )
         for name in MODELS:
-            await conn.execute("INSERT INTO device_models (name, capabilities, created_at, "
-                               "updated_at) VALUES ($1, '[]', $2, $2)", name, now)
-        model_ids = {r["name"]: r["id"] for r in await conn.fetch("SELECT name, id FROM device_models")}
+            await conn.execute(
+                "INSERT INTO device_models (name, capabilities, created_at, "
+                "updated_at) VALUES ($1, '[]', $2, $2)",
+                name,
+                now,
+            )
+        model_ids = {
+            r["name"]: r["id"] for r in await conn.fetch("SELECT name, id FROM device_models")
+        }
         batch: list[tuple[Any, ...]] = []
         tags: list[tuple[str, str]] = []
         for row in device_rows(n, seed):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS, ROOT
@@ -29,7 +28,7 @@ def latest() -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | database | fleet | ours (median, p10–p90) | limit: what | limit (median) "
+        "| scenario | database | fleet | ours (median, p10-p90) | limit: what | limit (median) "
         "| ratio | goal | run |",
         "| --- | --- | ---: | --- | --- | --- | ---: | --- | --- |",
     ]
@@ -37,8 +36,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         o, lim = r["ours"], r["limit"]
         lines.append(
             f"| {r['scenario']} | {r['database']} | {r['fleet_size']:,} "
-            f"| {_ms(o['median_s'])} ({_ms(o['p10_s'])}–{_ms(o['p90_s'])}, n={o['rounds']}) "
-            f"| {r['limit_name']} | {_ms(lim['median_s'])} | {r['ratio']:.1f}× | {r['goal']} "
+            f"| {_ms(o['median_s'])} ({_ms(o['p10_s'])}-{_ms(o['p90_s'])}, n={o['rounds']}) "
+            f"| {r['limit_name']} | {_ms(lim['median_s'])} | {r['ratio']:.1f}x | {r['goal']} "
             f"| {r['date']} |"
         )
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fleetkeeper.api.state import AppState
@@ -56,6 +56,12 @@ ScopeDep = Annotated[QueryScope, Depends(get_scope)]
 ReasonHeader = Annotated[
     str | None,
     Header(alias="X-Change-Reason", description="Why: lands in the audit record.", max_length=2000),
+]
+
+
+ReasonQuery = Annotated[
+    str | None,
+    Query(max_length=2000, description="Why, for requests without a JSON body (audit record)."),
 ]
 
 

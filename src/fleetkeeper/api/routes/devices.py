@@ -7,7 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from fleetkeeper.api.deps import PrincipalDep, ReasonHeader, ScopeDep, StateDep, make_change
+from fleetkeeper.api.deps import (
+    PrincipalDep,
+    ReasonHeader,
+    ReasonQuery,
+    ScopeDep,
+    StateDep,
+    make_change,
+)
 from fleetkeeper.errors import BadRequest, PayloadTooLarge
 from fleetkeeper.schemas.common import Page
 from fleetkeeper.schemas.devices import Aggregate, DeviceCreate, DeviceOut, DevicePatch
@@ -97,7 +104,11 @@ _IMPORT_BODY: dict[str, Any] = {
     responses={422: {"description": "Per-row errors in `errors`; nothing was imported."}},
 )
 async def import_devices(
-    request: Request, state: StateDep, principal: PrincipalDep, x_change_reason: ReasonHeader = None
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    reason: ReasonQuery = None,
+    x_change_reason: ReasonHeader = None,
 ) -> ImportResult:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await request.body()
@@ -115,7 +126,7 @@ async def import_devices(
             f"unsupported content type {content_type!r}: send text/csv or application/json",
             field="content-type",
         )
-    change = make_change(state, principal, None, x_change_reason)
+    change = make_change(state, principal, reason, x_change_reason)
     async with state.db.write() as session:
         result = await importer.import_devices(session, change, rows)
     return ImportResult(created=result.created)
@@ -147,7 +158,7 @@ async def delete_device(
     state: StateDep,
     principal: PrincipalDep,
     device_id: str,
-    reason: Annotated[str | None, Query(max_length=2000)] = None,
+    reason: ReasonQuery = None,
     x_change_reason: ReasonHeader = None,
 ) -> Response:
     change = make_change(state, principal, reason, x_change_reason, reason_required=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from fleetkeeper.api.deps import ReasonHeader, ScopeDep, StateDep, make_change
+from fleetkeeper.api.deps import ReasonHeader, ReasonQuery, ScopeDep, StateDep, make_change
 from fleetkeeper.errors import BadRequest
 from fleetkeeper.schemas.common import Page
 from fleetkeeper.schemas.devices import DeviceOut
@@ -92,7 +92,7 @@ async def delete_group(
     scope: ScopeDep,
     name: str,
     tenant: TenantParam = None,
-    reason: Annotated[str | None, Query(max_length=2000)] = None,
+    reason: ReasonQuery = None,
     x_change_reason: ReasonHeader = None,
 ) -> Response:
     change = make_change(state, scope.principal, reason, x_change_reason, reason_required=True)

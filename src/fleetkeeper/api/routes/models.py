@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Query, Response
-
-from fleetkeeper.api.deps import PrincipalDep, ReasonHeader, StateDep, make_change
+from fleetkeeper.api.deps import PrincipalDep, ReasonHeader, ReasonQuery, StateDep, make_change
 from fleetkeeper.schemas.common import Page
 from fleetkeeper.schemas.inventory import ModelCreate, ModelOut, ModelPatch
 from fleetkeeper.services import device_models
@@ -57,7 +55,7 @@ async def delete_model(
     state: StateDep,
     principal: PrincipalDep,
     name: str,
-    reason: Annotated[str | None, Query(max_length=2000)] = None,
+    reason: ReasonQuery = None,
     x_change_reason: ReasonHeader = None,
 ) -> Response:
     change = make_change(state, principal, reason, x_change_reason, reason_required=True)

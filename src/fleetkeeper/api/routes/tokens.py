@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from fleetkeeper.api.deps import PrincipalDep, ReasonHeader, StateDep, make_change
+from fleetkeeper.api.deps import PrincipalDep, ReasonHeader, ReasonQuery, StateDep, make_change
 from fleetkeeper.schemas.common import Input, Page, Reason
 from fleetkeeper.services import auth
 
@@ -71,9 +71,13 @@ async def create_token(
 
 @router.delete("/{token_id}", response_model=TokenOut, summary="Revoke an API token")
 async def revoke_token(
-    state: StateDep, principal: PrincipalDep, token_id: str, x_change_reason: ReasonHeader = None
+    state: StateDep,
+    principal: PrincipalDep,
+    token_id: str,
+    reason: ReasonQuery = None,
+    x_change_reason: ReasonHeader = None,
 ) -> TokenOut:
-    change = make_change(state, principal, None, x_change_reason)
+    change = make_change(state, principal, reason, x_change_reason)
     async with state.db.write() as session:
         token = await auth.revoke_token(session, change, token_id)
     return TokenOut(**auth.token_view(token))
