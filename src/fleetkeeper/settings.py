@@ -34,6 +34,21 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(
         default=64 * 1_048_576, description="Largest bulk-import body accepted (bytes)."
     )
+    device_max_body_bytes: int = Field(
+        default=262_144, description="Largest request body on the device API (bytes)."
+    )
+    device_max_log_bytes: int = Field(
+        default=1_048_576, description="Largest log upload from a device (bytes)."
+    )
+    device_rate_per_second: float = Field(
+        default=10.0, description="Requests per second each device may make on average."
+    )
+    device_rate_burst: float = Field(
+        default=40.0, description="Requests a device may make at once before being limited."
+    )
+    checkin_interval_seconds: int = Field(
+        default=30, description="How often devices are told to check in when not long-polling."
+    )
     token_ttl_days: int = Field(default=90, description="Default lifetime of new API tokens.")
     online_window_seconds: int = Field(
         default=300, description="A device counts as online when seen within this many seconds."

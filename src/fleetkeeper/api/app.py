@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -15,11 +17,24 @@ from sqlalchemy import text
 from fleetkeeper import __version__
 from fleetkeeper.api import problems
 from fleetkeeper.api.middleware import BodyLimit, RequestContext
-from fleetkeeper.api.routes import audit, devices, groups, models, tokens, users
+from fleetkeeper.api.routes import (
+    audit,
+    device,
+    devices,
+    groups,
+    lifecycle,
+    models,
+    provisioning,
+    security,
+    tokens,
+    users,
+)
 from fleetkeeper.api.state import AppState
 from fleetkeeper.clock import Clock, SystemClock
 from fleetkeeper.services.bootstrap import bootstrap
 from fleetkeeper.services.context import SYSTEM, Change
+from fleetkeeper.services.identity import load_server_keys
+from fleetkeeper.services.ratelimit import RateLimiter
 from fleetkeeper.settings import Settings
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.indexes import ensure_attribute_indexes, parse_keys
@@ -36,6 +51,15 @@ Lists are paginated with `limit` and `cursor`. Mutations take a `reason` (body f
 """
 
 
+async def _flush_presence(state: AppState, every: float = 2.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await state.presence.flush(state.db)
+        except Exception:  # a failed flush keeps its rows for the next one
+            log.exception("writing last-seen times failed; will retry")
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -48,7 +72,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         await upgrade(url)
         db = Database(url)
         await ensure_attribute_indexes(db, parse_keys(settings.indexed_attributes))
-        app.state.fleetkeeper = AppState(settings=settings, db=db, clock=clock)
         async with db.write() as session:
             result = await bootstrap(
                 session,
@@ -56,6 +79,17 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 admin_token=settings.admin_token,
                 admin_password=settings.admin_password,
             )
+            keys = await load_server_keys(session, clock.now())
+        state = AppState(
+            settings=settings,
+            db=db,
+            clock=clock,
+            keys=keys,
+            limiter=RateLimiter(
+                clock, rate=settings.device_rate_per_second, burst=settings.device_rate_burst
+            ),
+        )
+        app.state.fleetkeeper = state
         app.state.new_admin_token = result.new_admin_token
         if result.new_admin_token:
             print(
@@ -64,9 +98,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 file=sys.stderr,
                 flush=True,
             )
+        flusher = asyncio.create_task(_flush_presence(state), name="presence-flush")
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await state.presence.flush(db)
             await db.dispose()
 
     app = FastAPI(
@@ -82,11 +121,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     problems.install(app)
     for router in (
         devices.router,
+        lifecycle.router,
         models.router,
         groups.router,
+        provisioning.router,
         audit.router,
+        security.router,
         tokens.router,
         users.router,
+        device.router,
     ):
         app.include_router(router)
 
@@ -106,7 +149,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.add_middleware(
         BodyLimit,
         default=settings.max_body_bytes,
-        larger={"/api/v1/devices/import": settings.max_import_bytes},
+        by_prefix=[
+            ("/api/v1/devices/import", settings.max_import_bytes),
+            ("/device/v1/logs", settings.device_max_log_bytes),
+            ("/device/v1/", settings.device_max_body_bytes),
+        ],
     )
     app.add_middleware(RequestContext)
     return app

@@ -63,16 +63,22 @@ class RequestContext:
 class BodyLimit:
     """Refuses bodies over a limit with 413, before or while they stream in."""
 
-    def __init__(self, app: ASGIApp, *, default: int, larger: dict[str, int]) -> None:
+    def __init__(self, app: ASGIApp, *, default: int, by_prefix: list[tuple[str, int]]) -> None:
+        """`by_prefix`: (path prefix, limit) pairs, the first matching prefix wins."""
         self.app = app
         self.default = default
-        self.larger = larger
+        self.by_prefix = by_prefix
+
+    def limit_for(self, path: str) -> int:
+        return next(
+            (limit for prefix, limit in self.by_prefix if path.startswith(prefix)), self.default
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.larger.get(scope["path"], self.default)
+        limit = self.limit_for(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await self._refuse(scope, receive, send, limit)
@@ -93,7 +99,9 @@ class BodyLimit:
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        await problem(413, "Payload too large", _too_large(limit))(scope, receive, send)
+        await problem(413, "Payload too large", _too_large(limit), code="too_large")(
+            scope, receive, send
+        )
 
 
 def _too_large(limit: int) -> str:

@@ -19,7 +19,9 @@ PROBLEM = "application/problem+json"
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "status": status, "title": title, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
     return JSONResponse(
         jsonable_encoder(body), status_code=status, media_type=PROBLEM, headers=headers
     )
@@ -49,13 +51,17 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
         first = next(e for e in exc.errors() if e.get("type") == "json_invalid")
         where = first.get("ctx", {}).get("error", "")
         return problem(
-            400, "Malformed JSON", f"the request body is not valid JSON: {where}", errors=errors
+            400,
+            "Malformed JSON",
+            f"the request body is not valid JSON: {where}",
+            errors=errors,
+            code="malformed",
         )
     first_error = errors[0] if errors else {"field": "body", "message": "invalid"}
     detail = f"{first_error['field']}: {first_error['message']}"
     if len(errors) > 1:
         detail += f" (and {len(errors) - 1} more)"
-    return problem(422, "Invalid input", detail, errors=errors)
+    return problem(422, "Invalid input", detail, errors=errors, code="invalid")
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
@@ -66,7 +72,8 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
         405: "Method not allowed",
         413: "Payload too large",
     }
-    return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+    extra = {"code": "too_large"} if exc.status_code == 413 else {}
+    return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), **extra)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -1,11 +1,15 @@
-"""What the running server holds: settings, database, clock. One per app, on `app.state`."""
+"""What the running server holds: settings, database, clock, keys, and per-process helpers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fleetkeeper.clock import Clock
+from fleetkeeper.services.identity import ServerKeys
+from fleetkeeper.services.notify import Notifier
+from fleetkeeper.services.presence import Presence
+from fleetkeeper.services.ratelimit import RateLimiter
 from fleetkeeper.settings import Settings
 from fleetkeeper.store.db import Database
 
@@ -15,6 +19,10 @@ class AppState:
     settings: Settings
     db: Database
     clock: Clock
+    keys: ServerKeys
+    limiter: RateLimiter
+    notifier: Notifier = field(default_factory=Notifier)
+    presence: Presence = field(default_factory=Presence)
 
     @property
     def online_window(self) -> timedelta:

@@ -71,6 +71,18 @@ class DeviceCreate(Input):
     attributes: Attributes = Field(default_factory=dict)
     tags: Tags = Field(default_factory=list)
     location: Location | None = None
+    public_key: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The device's Ed25519 public key (base64, 32 bytes), from the manufacturer's "
+        "list: the device is pre-authorised and enrols without a provisioning token.",
+    )
+    claim_code: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=128,
+        description="The code on the device's label that lets a customer claim it (stored hashed).",
+    )
     reason: Reason = None
 
     model_config = ConfigDict(

@@ -22,7 +22,7 @@ from fleetkeeper.errors import Conflict, Forbidden, Invalid, NotFound, Unauthent
 from fleetkeeper.ids import uuid7
 from fleetkeeper.services import audit
 from fleetkeeper.services.context import Change, Principal
-from fleetkeeper.services.roles import permissions_of, role_within
+from fleetkeeper.services.roles import check_user_role, role_within
 from fleetkeeper.store.models import ApiToken, Tenant, User
 
 TOKEN_PREFIX = "fkt_"
@@ -152,7 +152,7 @@ async def create_user(
     principal.require("users:manage")
     if not _USERNAME.match(username):
         raise Invalid(f"invalid username {username!r}", field="username")
-    permissions_of(role)
+    check_user_role(role)
     if principal.tenant_id is not None:
         if tenant_id not in (None, principal.tenant_id):
             raise Forbidden("tenant administrators create users in their own tenant only")
@@ -198,7 +198,7 @@ async def update_user(
     user = await get_user(session, change.principal, username)
     before = {"role": user.role, "disabled": user.disabled}
     if role is not None:
-        permissions_of(role)
+        check_user_role(role)
         user.role = role
     if disabled is not None:
         user.disabled = disabled
@@ -246,7 +246,7 @@ async def create_token(
         if principal.user_id is None:
             raise Invalid("a token needs a user", field="user")
         user = await session.get_one(User, principal.user_id)
-    role = role or user.role
+    role = check_user_role(role or user.role)
     if not role_within(role, user.role) or not role_within(role, principal.role):
         raise Forbidden(f"a token cannot have more rights than its user: {role!r} > {user.role!r}")
     if not name or len(name) > 200:

@@ -22,6 +22,7 @@ from fleetkeeper.schemas.devices import (
 )
 from fleetkeeper.services import audit, lifecycle
 from fleetkeeper.services.context import Change, Principal
+from fleetkeeper.services.identity import decode_public_key, hash_claim_code
 from fleetkeeper.services.selection import (
     QueryScope,
     compile_for,
@@ -87,6 +88,8 @@ async def create_device(session: AsyncSession, change: Change, data: DeviceCreat
     model = await model_by_name(session, data.model)
     tenant_id = await resolve_tenant(session, principal, data.tenant)
     state = lifecycle.check_initial(data.state or "registered")
+    if data.public_key is not None:
+        decode_public_key(data.public_key)
     if await session.scalar(select(Device.id).where(Device.serial == data.serial)):
         raise Conflict(f"a device with serial {data.serial!r} exists already", field="serial")
     now = change.now()
@@ -104,6 +107,10 @@ async def create_device(session: AsyncSession, change: Change, data: DeviceCreat
         location=data.location.model_dump(exclude_none=True) if data.location else None,
         created_at=now,
         updated_at=now,
+        public_key=data.public_key,
+        claim_code_hash=hash_claim_code(data.claim_code) if data.claim_code else None,
+        credential_generation=0,
+        wipe_pending=False,
     )
     session.add(device)
     session.add_all(DeviceTag(device_id=device.id, tag=t) for t in data.tags)
@@ -144,21 +151,7 @@ async def update_device(
         device.state = patch.state
     if "name" in fields and patch.name is not None:
         device.name = patch.name
-    if "firmware_version" in fields:
-        device.firmware_version = patch.firmware_version
-        device.firmware_key = firmware_key(patch.firmware_version)
-    if "hardware_revision" in fields:
-        device.hardware_revision = patch.hardware_revision
-    if "attributes" in fields and patch.attributes is not None:
-        merged = dict(device.attributes)
-        for key, value in patch.attributes.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        device.attributes = merged
-    if "location" in fields:
-        device.location = patch.location.model_dump(exclude_none=True) if patch.location else None
+    _apply_reported(device, patch.model_dump(include=fields & REPORTED))
     tags = old_tags
     if "tags" in fields and patch.tags is not None:
         tags = patch.tags
@@ -174,6 +167,54 @@ async def update_device(
         tenant_id=device.tenant_id,
         before=before,
         after=after,
+    ):
+        device.updated_at = change.now()
+    return device
+
+
+REPORTED = frozenset({"firmware_version", "hardware_revision", "attributes", "location"})
+
+
+def _apply_reported(device: Device, values: dict[str, Any]) -> None:
+    """Set the fields a device may also report itself; attributes merge (None removes)."""
+    if "firmware_version" in values:
+        device.firmware_version = values["firmware_version"]
+        device.firmware_key = firmware_key(values["firmware_version"])
+    if "hardware_revision" in values:
+        device.hardware_revision = values["hardware_revision"]
+    if values.get("attributes") is not None:
+        merged = dict(device.attributes)
+        for key, value in values["attributes"].items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        device.attributes = merged
+    if "location" in values:
+        location = values["location"]
+        device.location = {k: v for k, v in location.items() if v is not None} if location else None
+
+
+async def report_inventory(
+    session: AsyncSession, change: Change, device_id: str, values: dict[str, Any]
+) -> Device:
+    """What a device says about itself; audited (as the device) only when something changed."""
+    device = await session.get_one(Device, device_id)
+    model_name = await session.scalar(
+        select(DeviceModel.name).where(DeviceModel.id == device.model_id)
+    )
+    tags = await _tags_of(session, device.id)
+    before = summary(device, model_name or "", tags)
+    _apply_reported(device, {k: v for k, v in values.items() if k in REPORTED})
+    await session.flush()
+    if await audit.append_changes(
+        session,
+        change,
+        action="device.report",
+        target=f"device:{device.id}",
+        tenant_id=device.tenant_id,
+        before=before,
+        after=summary(device, model_name or "", tags),
     ):
         device.updated_at = change.now()
     return device

@@ -24,6 +24,7 @@ from fleetkeeper.ids import uuid7
 from fleetkeeper.schemas.devices import DeviceCreate
 from fleetkeeper.services import audit, lifecycle
 from fleetkeeper.services.context import Change
+from fleetkeeper.services.identity import decode_public_key, hash_claim_code
 from fleetkeeper.store.models import Device, DeviceModel, DeviceTag, Tenant
 from fleetkeeper.versions import firmware_key
 
@@ -40,6 +41,8 @@ _CSV_FIELDS = {
     "firmware_version",
     "hardware_revision",
     "tags",
+    "public_key",
+    "claim_code",
     "location.lat",
     "location.lon",
     "location.alt",
@@ -168,6 +171,11 @@ async def import_devices(session: AsyncSession, change: Change, rows: list[Any])
             lifecycle.check_initial(dev.state or "registered")
         except Invalid as exc:
             errors.append(RowError(number, "state", exc.detail))
+        if dev.public_key is not None:
+            try:
+                decode_public_key(dev.public_key)
+            except Invalid as exc:
+                errors.append(RowError(number, "public_key", exc.detail))
         if dev.serial in seen:
             errors.append(
                 RowError(number, "serial", f"serial {dev.serial!r} repeats row {seen[dev.serial]}")
@@ -205,6 +213,10 @@ async def import_devices(session: AsyncSession, change: Change, rows: list[Any])
                 "attributes": dev.attributes,
                 "location": dev.location.model_dump(exclude_none=True) if dev.location else None,
                 "last_seen": None,
+                "public_key": dev.public_key,
+                "claim_code_hash": hash_claim_code(dev.claim_code) if dev.claim_code else None,
+                "credential_generation": 0,
+                "wipe_pending": False,
                 "created_at": now,
                 "updated_at": now,
             }

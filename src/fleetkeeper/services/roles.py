@@ -5,23 +5,27 @@ from __future__ import annotations
 from fleetkeeper.errors import Invalid
 
 READ = frozenset({"devices:read", "models:read", "groups:read"})
-
-ROLES: dict[str, frozenset[str]] = {
-    "viewer": READ,
-    "auditor": READ | {"audit:read"},
-    "operator": READ | {"devices:write", "models:write", "groups:write", "tokens:own"},
-    "admin": READ
-    | {
+OPERATE = frozenset(
+    {
         "devices:write",
         "models:write",
         "groups:write",
         "tokens:own",
-        "audit:read",
-        "tokens:manage",
-        "users:manage",
-        "tenants:manage",
-    },
+        "provisioning:write",
+        "commands:write",
+    }
+)
+
+ROLES: dict[str, frozenset[str]] = {
+    "viewer": READ,
+    "auditor": READ | {"audit:read"},
+    "operator": READ | OPERATE,
+    "admin": READ | OPERATE | {"audit:read", "tokens:manage", "users:manage", "tenants:manage"},
+    # A device acting for itself: it changes nothing through the management API.
+    "device": frozenset(),
 }
+# Roles a person can be given (the device role is the server's own).
+USER_ROLES = ("admin", "operator", "viewer", "auditor")
 
 PERMISSIONS = frozenset().union(*ROLES.values())
 
@@ -30,7 +34,13 @@ def permissions_of(role: str) -> frozenset[str]:
     try:
         return ROLES[role]
     except KeyError:
-        raise Invalid(f"unknown role {role!r}; roles are {', '.join(sorted(ROLES))}") from None
+        raise Invalid(f"unknown role {role!r}; roles are {', '.join(USER_ROLES)}") from None
+
+
+def check_user_role(role: str) -> str:
+    if role not in USER_ROLES:
+        raise Invalid(f"unknown role {role!r}; roles are {', '.join(USER_ROLES)}", field="role")
+    return role
 
 
 def role_within(role: str, limit: str) -> bool:

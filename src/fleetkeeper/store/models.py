@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -93,6 +94,17 @@ class Device(Base):
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Identity: the device's own Ed25519 public key (base64), never a private key.
+    public_key: Mapped[str | None] = mapped_column(String(64))
+    # Bumped to revoke every access token the device holds (tokens carry the generation).
+    credential_generation: Mapped[int] = mapped_column(Integer, default=0)
+    enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    certificate_serial: Mapped[str | None] = mapped_column(String(48))
+    claim_code_hash: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    wipe_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    replaced_by: Mapped[str | None] = mapped_column(BinaryString(36))
+    replaces: Mapped[str | None] = mapped_column(BinaryString(36))
 
     __table_args__ = (
         Index("ix_devices_model_firmware", "model_id", "firmware_key"),
@@ -168,3 +180,108 @@ class AuditRecord(Base):
     after: Mapped[str | None] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class ProvisioningToken(Base):
+    """A batch credential baked into firmware that lets devices register themselves."""
+
+    __tablename__ = "provisioning_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("device_models.id"))
+    serial_pattern: Mapped[str | None] = mapped_column(String(200))
+    max_uses: Mapped[int | None] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    auto_accept: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeviceChallenge(Base):
+    """An outstanding authentication challenge: single use, short-lived."""
+
+    __tablename__ = "device_challenges"
+
+    challenge_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Command(Base):
+    """A one-off command to one device, with its outcome."""
+
+    __tablename__ = "commands"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    args: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    timeout: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    result: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    output: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_commands_device_state", "device_id", "state", "created_at"),)
+
+
+class TelemetryPoint(Base):
+    """One measurement. The key makes a resent batch idempotent."""
+
+    __tablename__ = "telemetry"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class DeviceLog(Base):
+    __tablename__ = "device_logs"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_device_logs_device_at", "device_id", "at"),)
+
+
+class SecurityEvent(Base):
+    """Refused credentials, bad signatures, replays: what intrusion detection reads."""
+
+    __tablename__ = "security_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    serial: Mapped[str | None] = mapped_column(String(128))
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class ServerSecret(Base):
+    """Server-wide key material shared by every replica (device CA, token signing key)."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

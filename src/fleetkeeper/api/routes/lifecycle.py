@@ -1,0 +1,177 @@
+"""/api/v1/devices/{id}/accept|reject|retire|replace and commands: acting on one device."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from fleetkeeper.api.deps import ReasonHeader, ScopeDep, StateDep, make_change
+from fleetkeeper.schemas.common import Input, Page, Reason
+from fleetkeeper.schemas.devices import DeviceOut
+from fleetkeeper.services import commands, devices, provisioning, retirement
+
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+
+
+class Decision(Input):
+    reason: Reason = None
+
+
+class ReplaceIn(Input):
+    new_device: str = Field(description="Id of the device that takes the old one's place.")
+    reason: Reason = None
+
+
+class CommandIn(Input):
+    name: str = Field(min_length=1, max_length=100, examples=["ping"])
+    args: dict[str, Any] = Field(default_factory=dict)
+    timeout: int = Field(
+        default=60,
+        ge=1,
+        le=7 * 86400,
+        description="Seconds until the command expires if not answered.",
+    )
+    reason: Reason = None
+
+
+class CommandOut(BaseModel):
+    id: str
+    device_id: str
+    name: str
+    args: dict[str, Any]
+    state: str = Field(description="pending, delivered, succeeded, failed or expired")
+    timeout: int
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    delivered_at: datetime | None
+    completed_at: datetime | None
+    result: Any
+    output: str | None
+
+
+async def _render(state: StateDep, scope: ScopeDep, device_id: str) -> DeviceOut:
+    async with state.db.read() as session:
+        device = await devices.get_device(session, scope.principal, device_id)
+        return (await devices.render(session, scope, [device]))[0]
+
+
+@router.post("/{device_id}/accept", response_model=DeviceOut, summary="Accept a pending device")
+async def accept(
+    state: StateDep,
+    scope: ScopeDep,
+    device_id: str,
+    body: Decision | None = None,
+    x_change_reason: ReasonHeader = None,
+) -> DeviceOut:
+    change = make_change(state, scope.principal, body.reason if body else None, x_change_reason)
+    async with state.db.write() as session:
+        await provisioning.decide(session, change, device_id, accept=True)
+    return await _render(state, scope, device_id)
+
+
+@router.post(
+    "/{device_id}/reject",
+    response_model=DeviceOut,
+    summary="Reject a pending device (retired, credentials revoked)",
+)
+async def reject(
+    state: StateDep,
+    scope: ScopeDep,
+    device_id: str,
+    body: Decision | None = None,
+    x_change_reason: ReasonHeader = None,
+) -> DeviceOut:
+    change = make_change(state, scope.principal, body.reason if body else None, x_change_reason)
+    async with state.db.write() as session:
+        await provisioning.decide(session, change, device_id, accept=False)
+    return await _render(state, scope, device_id)
+
+
+@router.post(
+    "/{device_id}/retire",
+    response_model=DeviceOut,
+    summary="Retire a device: revoke its credentials, queue a wipe, keep its history",
+)
+async def retire(
+    state: StateDep,
+    scope: ScopeDep,
+    device_id: str,
+    body: Decision | None = None,
+    x_change_reason: ReasonHeader = None,
+) -> DeviceOut:
+    change = make_change(
+        state, scope.principal, body.reason if body else None, x_change_reason, reason_required=True
+    )
+    async with state.db.write() as session:
+        await retirement.retire(session, change, device_id)
+    return await _render(state, scope, device_id)
+
+
+@router.post(
+    "/{device_id}/replace",
+    response_model=DeviceOut,
+    summary="Replace a device: move tenant, groups, tags, attributes and location to "
+    "the new one, retire the old one, link both histories",
+)
+async def replace(
+    state: StateDep,
+    scope: ScopeDep,
+    device_id: str,
+    body: ReplaceIn,
+    x_change_reason: ReasonHeader = None,
+) -> DeviceOut:
+    change = make_change(state, scope.principal, body.reason, x_change_reason, reason_required=True)
+    async with state.db.write() as session:
+        new = await retirement.replace(session, change, device_id, body.new_device)
+    return await _render(state, scope, new.id)
+
+
+@router.post(
+    "/{device_id}/commands",
+    status_code=201,
+    response_model=CommandOut,
+    summary="Send a one-off command to the device",
+)
+async def send_command(
+    state: StateDep,
+    scope: ScopeDep,
+    device_id: str,
+    body: CommandIn,
+    x_change_reason: ReasonHeader = None,
+) -> CommandOut:
+    change = make_change(state, scope.principal, body.reason, x_change_reason)
+    async with state.db.write() as session:
+        cmd = await commands.create(
+            session, change, device_id, name=body.name, args=body.args, timeout_s=body.timeout
+        )
+        out = CommandOut(**commands.view(cmd, change.now()))
+    state.notifier.notify(cmd.device_id)  # after commit: the device may long-poll right now
+    return out
+
+
+@router.get(
+    "/{device_id}/commands",
+    response_model=Page[CommandOut],
+    summary="The device's commands, newest first",
+)
+async def list_commands(state: StateDep, scope: ScopeDep, device_id: str) -> Page[CommandOut]:
+    async with state.db.read() as session:
+        rows = await commands.list_for(session, scope.principal, device_id)
+    return Page(items=[CommandOut(**commands.view(c, scope.now)) for c in rows])
+
+
+@router.get(
+    "/{device_id}/commands/{command_id}",
+    response_model=CommandOut,
+    summary="One command with its state and result",
+)
+async def get_command(
+    state: StateDep, scope: ScopeDep, device_id: str, command_id: str
+) -> CommandOut:
+    async with state.db.read() as session:
+        cmd = await commands.get(session, scope.principal, device_id, command_id)
+    return CommandOut(**commands.view(cmd, scope.now))

@@ -1,0 +1,103 @@
+"""Telemetry ingestion: validate each point on its own, keep the good ones.
+
+A batch with bad points is accepted in part: every rejected point is named with its reason,
+and nothing already accepted is lost. Resending a batch is harmless: a point is keyed by
+device, metric and time, and a repeat is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.store.db import dialect_of
+from fleetkeeper.store.models import TelemetryPoint
+
+MAX_POINTS = 1000
+MAX_FUTURE = timedelta(minutes=5)
+MAX_AGE = timedelta(days=30)
+_METRIC = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    index: int
+    reason: str
+
+
+def _timestamp(raw: Any) -> datetime:
+    if isinstance(raw, bool):
+        raise ValueError("ts must be an ISO 8601 time or Unix seconds")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw):
+            raise ValueError("ts is not a finite number")
+        try:
+            return datetime.fromtimestamp(raw, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("ts is out of range") from None
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ValueError(f"ts {raw[:40]!r} is not an ISO 8601 time") from None
+        if parsed.tzinfo is None:
+            raise ValueError("ts needs a time zone (e.g. Z)")
+        return parsed.astimezone(UTC)
+    raise ValueError("ts must be an ISO 8601 time or Unix seconds")
+
+
+def validate(points: list[Any], now: datetime) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """Split a batch into rows to store and rejections with reasons (pure function)."""
+    good: dict[tuple[str, datetime], dict[str, Any]] = {}
+    rejected: list[Rejected] = []
+    for i, point in enumerate(points):
+        try:
+            if not isinstance(point, dict):
+                raise ValueError("a point is an object with metric, value and ts")
+            unknown = set(point) - {"metric", "value", "ts"}
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+            metric = point.get("metric")
+            if not isinstance(metric, str) or not _METRIC.match(metric):
+                raise ValueError("metric must be 1-64 letters, digits, _ . -")
+            value = point.get("value")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ValueError("value must be a finite number")
+            ts = _timestamp(point.get("ts"))
+            if ts > now + MAX_FUTURE:
+                raise ValueError(f"ts is {_span(ts - now)} in the future")
+            if ts < now - MAX_AGE:
+                raise ValueError(f"ts is older than {MAX_AGE.days} days")
+        except ValueError as exc:
+            rejected.append(Rejected(i, str(exc)))
+            continue
+        good[(metric, ts)] = {"metric": metric, "ts": ts, "value": float(value)}
+    return list(good.values()), rejected
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds >= 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{seconds / 60:.0f} minutes"
+
+
+async def store(session: AsyncSession, device_id: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    values = [{"device_id": device_id, **r} for r in rows]
+    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
+    await session.execute(insert(TelemetryPoint).on_conflict_do_nothing(), values)
