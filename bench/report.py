@@ -12,6 +12,8 @@ START, END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
 
 
 def _ms(seconds: float) -> str:
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
     return f"{seconds * 1000:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 

@@ -46,3 +46,12 @@ async def user_token(
 
 def serials(page: dict[str, Any]) -> list[str]:
     return sorted(d["serial"] for d in page["items"])
+
+
+def as_token_client(client: httpx.AsyncClient, token: str) -> httpx.AsyncClient:
+    """Another client on the same app, acting with `token`."""
+    return httpx.AsyncClient(
+        transport=client._transport,
+        base_url=client.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+    )
