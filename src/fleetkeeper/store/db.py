@@ -29,6 +29,10 @@ class Database:
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+            # generic plan that ignores the values. Fleet queries differ wildly in
+            # selectivity (one site vs a whole model), so always plan for the actual values.
+            kwargs["connect_args"] = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._writer = self.engine.execution_options(fk_write=True)
         self._write_lock = asyncio.Lock()
