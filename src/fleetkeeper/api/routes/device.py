@@ -125,6 +125,11 @@ class LogOut(BaseModel):
     bytes: int
 
 
+@router.get("/ping", summary="Reachability check: no authentication, no database")
+async def ping() -> dict[str, bool]:
+    return {"ok": True}
+
+
 @router.post("/enroll", status_code=201, response_model=EnrollOut, summary="Enrol a device")
 async def enroll(request: Request, state: StateDep, body: EnrollIn) -> EnrollOut:
     req = provisioning.EnrollRequest(**body.model_dump())
