@@ -10,7 +10,18 @@ from typing import Annotated
 import typer
 
 from fleetkeeper import __version__
-from fleetkeeper.cli import audit, devices, groups, models, server, tokens, users
+from fleetkeeper.cli import (
+    agent,
+    audit,
+    devices,
+    groups,
+    lifecycle,  # noqa: F401 - adds its commands to `devices`
+    models,
+    provisioning,
+    server,
+    tokens,
+    users,
+)
 from fleetkeeper.cli.client import DEFAULT_SERVER
 from fleetkeeper.cli.remote import Connection, RootServer, RootToken
 
@@ -39,8 +50,10 @@ def root(
     server_url: RootServer = DEFAULT_SERVER,
     token: RootToken = None,
     version: Annotated[
-        bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                           help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     ctx.obj = Connection(server_url, token)
@@ -55,6 +68,9 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(users.users, name="users")
 app.add_typer(users.tenants, name="tenants")
 app.add_typer(audit.app, name="audit")
+app.add_typer(provisioning.app, name="provisioning")
+app.add_typer(provisioning.security, name="security")
+app.command("agent")(agent.agent)
 
 
 def main() -> None:
