@@ -11,7 +11,6 @@ import typer
 
 from fleetkeeper import __version__
 from fleetkeeper.cli import (
-    agent,
     audit,
     devices,
     groups,
@@ -70,7 +69,6 @@ app.add_typer(users.tenants, name="tenants")
 app.add_typer(audit.app, name="audit")
 app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")
-app.command("agent")(agent.agent)
 
 
 def main() -> None:
