@@ -43,8 +43,14 @@ def list_records(
     as_json: Json = False,
 ) -> None:
     """List audit records, newest first."""
-    params = {"actor": actor, "action": action, "target": target, "since": since,
-              "until": until, **paging.params()}
+    params = {
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "since": since,
+        "until": until,
+        **paging.params(),
+    }
     page = api.page(PATH, params, all_pages=paging.all_pages)
     output.listing(page, as_json, COLUMNS, noun="records")
 
@@ -65,8 +71,10 @@ async def verify_database(url: str) -> dict[str, Any]:
 
 
 def _render(result: dict[str, Any]) -> str:
-    return (f"Audit trail intact: {result['checked']} records checked; newest hash "
-            f"{result['last_hash']}.")
+    return (
+        f"Audit trail intact: {result['checked']} records checked; newest hash "
+        f"{result['last_hash']}."
+    )
 
 
 @app.command("verify")
@@ -79,8 +87,10 @@ def verify(
     ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option(file_okay=False, help="Verify straight in the SQLite database of this data "
-                                           "folder, without a server."),
+        typer.Option(
+            file_okay=False,
+            help="Verify straight in the SQLite database of this data folder, without a server.",
+        ),
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -100,6 +110,8 @@ def verify(
 def _broken(result: dict[str, Any], as_json: bool) -> NoReturn:
     if as_json:
         output.print_json(result)
-    output.say(f"[bold red]Audit trail broken at record {result['first_broken_id']}[/] "
-               f"(after {result['checked']} intact records): {escape(result['problem'] or '')}")
+    output.say(
+        f"[bold red]Audit trail broken at record {result['first_broken_id']}[/] "
+        f"(after {result['checked']} intact records): {escape(result['problem'] or '')}"
+    )
     raise typer.Exit(1)

@@ -66,8 +66,11 @@ def _problem_of(response: httpx.Response) -> dict[str, Any]:
         return body
     # Not one of ours (a proxy, or not a Fleetkeeper server at all): describe what came back.
     text = " ".join(response.text.split())[:300]
-    return {"status": response.status_code, "title": response.reason_phrase or "Error",
-            "detail": text or f"HTTP {response.status_code} from {response.request.url}"}
+    return {
+        "status": response.status_code,
+        "title": response.reason_phrase or "Error",
+        "detail": text or f"HTTP {response.status_code} from {response.request.url}",
+    }
 
 
 def compact(values: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,7 +95,9 @@ class ApiClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -116,7 +121,11 @@ class ApiClient:
             all_headers["Authorization"] = f"Bearer {self._token}"
         try:
             response = self._http.request(
-                method, path, params=compact(params), json=json, content=content,
+                method,
+                path,
+                params=compact(params),
+                json=json,
+                content=content,
                 headers=all_headers,
             )
         except httpx.ConnectError as exc:

@@ -53,22 +53,30 @@ class DeviceFields:
     tenant: Tenant = None
     state: Annotated[
         str | None,
-        typer.Option(help="Lifecycle state: registered, pending, active, maintenance, "
-                          "quarantined or retired."),
+        typer.Option(
+            help="Lifecycle state: registered, pending, active, maintenance, "
+            "quarantined or retired."
+        ),
     ] = None
     firmware: Annotated[str | None, typer.Option(help="Firmware version, e.g. 1.4.2.")] = None
     hardware_revision: HardwareRevision = None
     attrs: Annotated[
         AttrList,
-        typer.Option("--attr", metavar="KEY=VALUE",
-                     help="Attribute (repeatable). VALUE is JSON when it parses as a number, "
-                          "true/false, a list or an object, else text: --attr floor=3 "
-                          "--attr site=berlin-1."),
+        typer.Option(
+            "--attr",
+            metavar="KEY=VALUE",
+            help="Attribute (repeatable). VALUE is JSON when it parses as a number, "
+            "true/false, a list or an object, else text: --attr floor=3 "
+            "--attr site=berlin-1.",
+        ),
     ] = None
     tags: Annotated[
         AttrList,
-        typer.Option("--tag", metavar="TAG",
-                     help="Tag (repeatable). On update the tags given replace the device's tags."),
+        typer.Option(
+            "--tag",
+            metavar="TAG",
+            help="Tag (repeatable). On update the tags given replace the device's tags.",
+        ),
     ] = None
     lat: Annotated[float | None, typer.Option(min=-90, max=90, help="Latitude.")] = None
     lon: Annotated[float | None, typer.Option(min=-180, max=180, help="Longitude.")] = None
@@ -77,8 +85,11 @@ class DeviceFields:
     def body(self) -> dict[str, Any]:
         """The JSON fields these options set (options not given are left out)."""
         body: dict[str, Any] = {
-            "name": self.name, "tenant": self.tenant, "state": self.state,
-            "firmware_version": self.firmware, "hardware_revision": self.hardware_revision,
+            "name": self.name,
+            "tenant": self.tenant,
+            "state": self.state,
+            "firmware_version": self.firmware,
+            "hardware_revision": self.hardware_revision,
             "reason": self.reason,
         }
         if self.attrs:
@@ -132,8 +143,9 @@ def show(api: ApiClient, device_id: DeviceId, as_json: Json = False) -> None:
 def create(
     api: ApiClient,
     serial: Annotated[str, typer.Option(help="Serial number (unique).", show_default=False)],
-    model: Annotated[str, typer.Option(help="Name of an existing device model.",
-                                       show_default=False)],
+    model: Annotated[
+        str, typer.Option(help="Name of an existing device model.", show_default=False)
+    ],
     fields: DeviceFields = DeviceFields(),
     as_json: Json = False,
 ) -> None:
@@ -150,8 +162,8 @@ def update(
     model: Annotated[str | None, typer.Option(help="Move to another device model.")] = None,
     fields: DeviceFields = DeviceFields(),
     remove_attrs: Annotated[
-        AttrList, typer.Option("--remove-attr", metavar="KEY", help="Remove an attribute "
-                                                                     "(repeatable).")
+        AttrList,
+        typer.Option("--remove-attr", metavar="KEY", help="Remove an attribute (repeatable)."),
     ] = None,
     clear_tags: Annotated[bool, typer.Option("--clear-tags", help="Remove every tag.")] = False,
     as_json: Json = False,
@@ -164,8 +176,9 @@ def update(
         body["attributes"] = {**body.get("attributes", {}), **dict.fromkeys(remove_attrs)}
     if clear_tags:
         if fields.tags:
-            raise typer.BadParameter("--clear-tags and --tag contradict each other",
-                                     param_hint="--clear-tags")
+            raise typer.BadParameter(
+                "--clear-tags and --tag contradict each other", param_hint="--clear-tags"
+            )
         body["tags"] = []
     output.emit(api.patch(join(PATH, device_id), require_change(body)), as_json, render)
 
@@ -202,9 +215,17 @@ def _import_format(path: Path, given: ImportFormat | None) -> ImportFormat:
 @remote
 def import_devices(
     api: ApiClient,
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                         metavar="FILE", help="A .csv or .json file.",
-                                         show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="A .csv or .json file.",
+            show_default=False,
+        ),
+    ],
     fmt: Annotated[
         ImportFormat | None,
         typer.Option("--format", help="File format (default: from the file's extension)."),
@@ -228,14 +249,21 @@ def import_devices(
 @remote
 def aggregate(
     api: ApiClient,
-    by: Annotated[str, typer.Option(help="Field to group by: model, state, tenant, "
-                                         "firmware_version, attributes.KEY, ...",
-                                    show_default=False)],
+    by: Annotated[
+        str,
+        typer.Option(
+            help="Field to group by: model, state, tenant, firmware_version, attributes.KEY, ...",
+            show_default=False,
+        ),
+    ],
     query: Query = None,
     as_json: Json = False,
 ) -> None:
     """Count devices grouped by a field."""
     result = api.get(f"{PATH}/aggregate", {"by": by, "q": query})
     columns = (output.Column(by, "value"), output.Column("Devices", "count"))
-    output.emit(result, as_json, lambda r: output.table(
-        r["buckets"], columns, caption=f"{r['total']} devices"))
+    output.emit(
+        result,
+        as_json,
+        lambda r: output.table(r["buckets"], columns, caption=f"{r['total']} devices"),
+    )

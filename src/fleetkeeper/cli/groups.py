@@ -36,8 +36,11 @@ DeviceIds = Annotated[
 Description = Annotated[str | None, typer.Option(help="Free text.")]
 GroupQuery = Annotated[
     str | None,
-    typer.Option("--query", "-q", help="Fleet query: the group is dynamic, its members every "
-                                       "device that matches."),
+    typer.Option(
+        "--query",
+        "-q",
+        help="Fleet query: the group is dynamic, its members every device that matches.",
+    ),
 ]
 
 
@@ -55,8 +58,9 @@ def list_groups(api: ApiClient, paging: Paging = Paging(), as_json: Json = False
 
 @app.command("show")
 @remote
-def show(api: ApiClient, name: GroupName, tenant: GroupTenant = None,
-         as_json: Json = False) -> None:
+def show(
+    api: ApiClient, name: GroupName, tenant: GroupTenant = None, as_json: Json = False
+) -> None:
     """Show a group with its member count."""
     output.emit(api.get(join(PATH, name), {"tenant": tenant}), as_json, render)
 
@@ -73,8 +77,13 @@ def create(
     as_json: Json = False,
 ) -> None:
     """Create a group: static without --query, dynamic with it."""
-    body = {"name": name, "query": query, "description": description, "tenant": tenant,
-            "reason": reason}
+    body = {
+        "name": name,
+        "query": query,
+        "description": description,
+        "tenant": tenant,
+        "reason": reason,
+    }
     output.emit(api.post(PATH, compact(body)), as_json, render)
 
 
@@ -97,43 +106,77 @@ def update(
 
 @app.command("delete")
 @remote
-def delete(api: ApiClient, name: GroupName, tenant: GroupTenant = None,
-           reason: Reason = None) -> None:
+def delete(
+    api: ApiClient, name: GroupName, tenant: GroupTenant = None, reason: Reason = None
+) -> None:
     """Delete a group (its devices stay)."""
     api.delete(join(PATH, name), {"tenant": tenant, "reason": reason})
     output.note(f"Deleted group {name}.")
 
 
-def _change_members(api: ApiClient, name: str, ids: list[str], tenant: str | None,
-                    reason: str | None, as_json: bool, *, add: bool) -> None:
+def _change_members(
+    api: ApiClient,
+    name: str,
+    ids: list[str],
+    tenant: str | None,
+    reason: str | None,
+    as_json: bool,
+    *,
+    add: bool,
+) -> None:
     path = join(PATH, name, "members") + ("" if add else "/remove")
     body = compact({"devices": ids, "reason": reason})
     verb = "Added" if add else "Removed"
-    output.emit(api.post(path, body, {"tenant": tenant}), as_json, lambda r: (
-        f"{verb} {r['changed']} device(s); group {name} has {r['member_count']} member(s)."))
+    output.emit(
+        api.post(path, body, {"tenant": tenant}),
+        as_json,
+        lambda r: (
+            f"{verb} {r['changed']} device(s); group {name} has {r['member_count']} member(s)."
+        ),
+    )
 
 
 @app.command("add")
 @remote
-def add(api: ApiClient, name: GroupName, device_ids: DeviceIds, tenant: GroupTenant = None,
-        reason: Reason = None, as_json: Json = False) -> None:
+def add(
+    api: ApiClient,
+    name: GroupName,
+    device_ids: DeviceIds,
+    tenant: GroupTenant = None,
+    reason: Reason = None,
+    as_json: Json = False,
+) -> None:
     """Add devices to a static group."""
     _change_members(api, name, device_ids, tenant, reason, as_json, add=True)
 
 
 @app.command("remove")
 @remote
-def remove(api: ApiClient, name: GroupName, device_ids: DeviceIds, tenant: GroupTenant = None,
-           reason: Reason = None, as_json: Json = False) -> None:
+def remove(
+    api: ApiClient,
+    name: GroupName,
+    device_ids: DeviceIds,
+    tenant: GroupTenant = None,
+    reason: Reason = None,
+    as_json: Json = False,
+) -> None:
     """Remove devices from a static group."""
     _change_members(api, name, device_ids, tenant, reason, as_json, add=False)
 
 
 @app.command("devices")
 @remote
-def group_devices(api: ApiClient, name: GroupName, tenant: GroupTenant = None,
-                  paging: Paging = Paging(), as_json: Json = False) -> None:
+def group_devices(
+    api: ApiClient,
+    name: GroupName,
+    tenant: GroupTenant = None,
+    paging: Paging = Paging(),
+    as_json: Json = False,
+) -> None:
     """List a group's devices."""
-    page = api.page(join(PATH, name, "devices"), {"tenant": tenant, **paging.params()},
-                    all_pages=paging.all_pages)
+    page = api.page(
+        join(PATH, name, "devices"),
+        {"tenant": tenant, **paging.params()},
+        all_pages=paging.all_pages,
+    )
     output.listing(page, as_json, devices.COLUMNS, noun="devices")

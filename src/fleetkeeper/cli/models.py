@@ -15,8 +15,9 @@ from fleetkeeper.cli.client import ApiClient, compact, join
 from fleetkeeper.cli.options import HardwareRevision, Json, Reason, require_change
 from fleetkeeper.cli.remote import remote
 
-app = typer.Typer(help="Device models: the hardware types devices are made of.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Device models: the hardware types devices are made of.", no_args_is_help=True
+)
 
 PATH = "/api/v1/models"
 COLUMNS = (
@@ -41,21 +42,30 @@ class ModelFields:
     description: Annotated[str | None, typer.Option(help="Free text.")] = None
     capabilities: Annotated[
         list[str] | None,
-        typer.Option("--capability", metavar="NAME",
-                     help="Capability (repeatable). On update the capabilities given replace "
-                          "the model's."),
+        typer.Option(
+            "--capability",
+            metavar="NAME",
+            help="Capability (repeatable). On update the capabilities given replace the model's.",
+        ),
     ] = None
     config_schema: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False, readable=True, metavar="FILE.json",
-                     help="JSON Schema for the configuration of this model's devices."),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE.json",
+            help="JSON Schema for the configuration of this model's devices.",
+        ),
     ] = None
     reason: Reason = None
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "manufacturer": self.manufacturer, "hardware_revision": self.hardware_revision,
-            "description": self.description, "capabilities": self.capabilities,
+            "manufacturer": self.manufacturer,
+            "hardware_revision": self.hardware_revision,
+            "description": self.description,
+            "capabilities": self.capabilities,
             "reason": self.reason,
         }
         if self.config_schema is not None:
@@ -67,8 +77,9 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"{path} is not JSON: {exc}",
-                                 param_hint="--config-schema") from None
+        raise typer.BadParameter(
+            f"{path} is not JSON: {exc}", param_hint="--config-schema"
+        ) from None
     if not isinstance(value, dict):
         raise typer.BadParameter(f"{path} holds no JSON object", param_hint="--config-schema")
     return value

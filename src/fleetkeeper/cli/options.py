@@ -15,12 +15,8 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-Json = Annotated[
-    bool, typer.Option("--json", help="Print the server's JSON only, for scripts.")
-]
-Reason = Annotated[
-    str | None, typer.Option("--reason", help="Why: lands in the audit record.")
-]
+Json = Annotated[bool, typer.Option("--json", help="Print the server's JSON only, for scripts.")]
+Reason = Annotated[str | None, typer.Option("--reason", help="Why: lands in the audit record.")]
 Query = Annotated[
     str | None,
     typer.Option("--query", "-q", help="Fleet query, e.g. 'model = thermo-v2 AND tag:pilot'."),
@@ -32,14 +28,18 @@ Tenant = Annotated[
 HardwareRevision = Annotated[str | None, typer.Option(help="Hardware revision.")]
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data folder (default: $FLEETKEEPER_DATA_DIR or ./data).",
-                 file_okay=False),
+    typer.Option(
+        "--data-dir",
+        help="Data folder (default: $FLEETKEEPER_DATA_DIR or ./data).",
+        file_okay=False,
+    ),
 ]
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url",
-                 help="SQLAlchemy URL (default: $FLEETKEEPER_DATABASE_URL, else SQLite in the "
-                      "data dir)."),
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL (default: $FLEETKEEPER_DATABASE_URL, else SQLite in the data dir).",
+    ),
 ]
 
 
@@ -48,24 +48,25 @@ def reason_header(reason: str | None) -> dict[str, str]:
     if reason is None:
         return {}
     if not reason.isascii():
-        raise typer.BadParameter("this command sends the reason in an HTTP header, which "
-                                 "takes ASCII characters only", param_hint="--reason")
+        raise typer.BadParameter(
+            "this command sends the reason in an HTTP header, which takes ASCII characters only",
+            param_hint="--reason",
+        )
     return {"X-Change-Reason": reason}
 
 
 def require_change(body: dict[str, Any]) -> dict[str, Any]:
     """`body` of an update, refused when it would change nothing."""
     if not body.keys() - {"reason"}:
-        raise typer.BadParameter("nothing to change: give at least one option to set",
-                                 param_hint="options")
+        raise typer.BadParameter(
+            "nothing to change: give at least one option to set", param_hint="options"
+        )
     return body
 
 
 @dataclasses.dataclass(frozen=True)
 class Paging:
-    limit: Annotated[
-        int, typer.Option("--limit", min=1, max=1000, help="Items per page.")
-    ] = 50
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Items per page.")] = 50
     cursor: Annotated[
         str | None, typer.Option("--cursor", help="Start at this next_cursor of an earlier page.")
     ] = None
@@ -97,13 +98,16 @@ def expand(func: Callable[..., Any]) -> tuple[list[inspect.Parameter], Regroup]:
             names = [f.name for f in dataclasses.fields(annotation)]
             groups[param.name] = (annotation, names)
             params += [
-                inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                  annotation=field_hints[f.name])
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=f.default,
+                    annotation=field_hints[f.name],
+                )
                 for f in dataclasses.fields(annotation)
             ]
         else:
-            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY,
-                                        annotation=annotation))
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation))
     taken = [p.name for p in params]
     clashes = {n for n in taken if taken.count(n) > 1}
     if clashes:

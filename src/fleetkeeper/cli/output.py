@@ -74,8 +74,9 @@ def emit(data: Any, as_json: bool, render: Render) -> None:
         stdout().print(shown)
 
 
-def table(items: Sequence[Mapping[str, Any]], columns: Sequence[Column], *,
-          caption: str | None = None) -> Table:
+def table(
+    items: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, caption: str | None = None
+) -> Table:
     grid = Table(caption=caption, caption_justify="left")
     for column in columns:
         # Folding, not cutting with "…": a table never hides part of a value.
@@ -95,8 +96,9 @@ def record(item: Mapping[str, Any], title: str, fields: Sequence[str] | None = N
     return Panel(grid, title=escape(title), title_align="left", expand=False)
 
 
-def listing(page: Mapping[str, Any], as_json: bool, columns: Sequence[Column], *,
-            noun: str) -> None:
+def listing(
+    page: Mapping[str, Any], as_json: bool, columns: Sequence[Column], *, noun: str
+) -> None:
     """A page of a list, with a hint on stderr when more pages follow."""
     if as_json:
         print_json(page)
@@ -104,8 +106,10 @@ def listing(page: Mapping[str, Any], as_json: bool, columns: Sequence[Column], *
     items = page["items"]
     stdout().print(table(items, columns, caption=f"{len(items)} {noun}"))
     if page.get("next_cursor"):
-        note(f"More {noun} follow: add --cursor {page['next_cursor']} for the next page, "
-             "or --all for every page.")
+        note(
+            f"More {noun} follow: add --cursor {page['next_cursor']} for the next page, "
+            "or --all for every page."
+        )
 
 
 def say(markup: str) -> None:
@@ -131,8 +135,10 @@ def report(exc: ApiError) -> None:
     if exc.detail:
         note(exc.detail)
     if exc.status == 401:
-        note("The server did not accept the API token: pass --token or set FLEETKEEPER_TOKEN "
-             "to a valid, unexpired token.")
+        note(
+            "The server did not accept the API token: pass --token or set FLEETKEEPER_TOKEN "
+            "to a valid, unexpired token."
+        )
     elif exc.status == 403:
         note("The token is valid, but its role does not allow this.")
     if exc.errors:

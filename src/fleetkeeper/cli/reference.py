@@ -48,8 +48,9 @@ def command_paths() -> Iterator[list[str]]:
 
 
 def help_text(path: list[str]) -> str:
-    result = CliRunner().invoke(app, [*path, "--help"], prog_name="fleetkeeper",
-                                env=ENVIRONMENT, color=False)
+    result = CliRunner().invoke(
+        app, [*path, "--help"], prog_name="fleetkeeper", env=ENVIRONMENT, color=False
+    )
     if result.exit_code != 0:
         raise RuntimeError(f"fleetkeeper {' '.join(path)} --help failed: {result.output}")
     lines = [line.rstrip() for line in result.stdout.splitlines()]

@@ -32,24 +32,41 @@ CONNECTION_PANEL = "Connection"
 
 RootServer = Annotated[
     str,
-    typer.Option("--server", envvar="FLEETKEEPER_SERVER", rich_help_panel=CONNECTION_PANEL,
-                 help="URL of the Fleetkeeper server."),
+    typer.Option(
+        "--server",
+        envvar="FLEETKEEPER_SERVER",
+        rich_help_panel=CONNECTION_PANEL,
+        help="URL of the Fleetkeeper server.",
+    ),
 ]
 RootToken = Annotated[
     str | None,
-    typer.Option("--token", envvar="FLEETKEEPER_TOKEN", rich_help_panel=CONNECTION_PANEL,
-                 show_default=False, help="API token (prefer the environment variable)."),
+    typer.Option(
+        "--token",
+        envvar="FLEETKEEPER_TOKEN",
+        rich_help_panel=CONNECTION_PANEL,
+        show_default=False,
+        help="API token (prefer the environment variable).",
+    ),
 ]
 CommandServer = Annotated[
     str | None,
-    typer.Option("--server", rich_help_panel=CONNECTION_PANEL, show_default=False,
-                 help="URL of the Fleetkeeper server (default: the root --server, "
-                      "$FLEETKEEPER_SERVER or http://127.0.0.1:8080)."),
+    typer.Option(
+        "--server",
+        rich_help_panel=CONNECTION_PANEL,
+        show_default=False,
+        help="URL of the Fleetkeeper server (default: the root --server, "
+        "$FLEETKEEPER_SERVER or http://127.0.0.1:8080).",
+    ),
 ]
 CommandToken = Annotated[
     str | None,
-    typer.Option("--token", rich_help_panel=CONNECTION_PANEL, show_default=False,
-                 help="API token (default: the root --token or $FLEETKEEPER_TOKEN)."),
+    typer.Option(
+        "--token",
+        rich_help_panel=CONNECTION_PANEL,
+        show_default=False,
+        help="API token (default: the root --token or $FLEETKEEPER_TOKEN).",
+    ),
 ]
 
 
@@ -63,8 +80,10 @@ def root_connection(ctx: typer.Context) -> Connection:
     obj = ctx.find_root().obj
     if isinstance(obj, Connection):
         return obj
-    return Connection(os.environ.get("FLEETKEEPER_SERVER") or client.DEFAULT_SERVER,
-                      os.environ.get("FLEETKEEPER_TOKEN"))
+    return Connection(
+        os.environ.get("FLEETKEEPER_SERVER") or client.DEFAULT_SERVER,
+        os.environ.get("FLEETKEEPER_TOKEN"),
+    )
 
 
 @contextmanager
@@ -79,10 +98,12 @@ def connect(connection: Connection) -> Iterator[client.ApiClient]:
 
 _CONNECTION_PARAMS = [
     inspect.Parameter("_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
-    inspect.Parameter("server", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=CommandServer),
-    inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=CommandToken),
+    inspect.Parameter(
+        "server", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CommandServer
+    ),
+    inspect.Parameter(
+        "token", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CommandToken
+    ),
 ]
 
 

@@ -84,8 +84,12 @@ def serve(
     from fleetkeeper.api.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings(data_dir, database_url)), host=host, port=port, loop="auto",
-        http="auto", log_level="info",
+        create_app(settings(data_dir, database_url)),
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        log_level="info",
     )
     # On Ctrl-C uvicorn shuts down gracefully, then re-raises the signal: nothing to report.
     with suppress(KeyboardInterrupt):
@@ -93,8 +97,9 @@ def serve(
 
 
 @db.command("upgrade")
-def upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None,
-            as_json: Json = False) -> None:
+def upgrade(
+    data_dir: DataDir = None, database_url: DatabaseUrl = None, as_json: Json = False
+) -> None:
     """Run the schema migrations up to the newest revision and print it."""
     from fleetkeeper.store.migrate import current_revision
     from fleetkeeper.store.migrate import upgrade as run_migrations
@@ -110,5 +115,8 @@ def upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None,
 
     with database_errors(url):
         revision = asyncio.run(migrate())
-    output.emit({"database": shown_url(url), "revision": revision}, as_json,
-                lambda r: f"Database {r['database']} is at revision {r['revision']}.")
+    output.emit(
+        {"database": shown_url(url), "revision": revision},
+        as_json,
+        lambda r: f"Database {r['database']} is at revision {r['revision']}.",
+    )

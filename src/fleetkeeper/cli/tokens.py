@@ -25,8 +25,18 @@ COLUMNS = (
     output.Column("Revoked", "revoked_at"),
     output.Column("Last used", "last_used_at"),
 )
-DETAILS = ("id", "name", "prefix", "role", "user_id", "source", "created_at", "expires_at",
-           "revoked_at", "last_used_at")
+DETAILS = (
+    "id",
+    "name",
+    "prefix",
+    "role",
+    "user_id",
+    "source",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+)
 
 
 def render(token: dict[str, Any]) -> RenderableType:
@@ -36,8 +46,10 @@ def render(token: dict[str, Any]) -> RenderableType:
 def render_new(token: dict[str, Any]) -> RenderableType:
     return Group(
         render(token),
-        Text("\nThe token's secret, shown this once (only its hash is kept): store it now.\n",
-             style="bold yellow"),
+        Text(
+            "\nThe token's secret, shown this once (only its hash is kept): store it now.\n",
+            style="bold yellow",
+        ),
         Text(f"    {token['token']}\n", style="bold"),
     )
 
@@ -53,12 +65,15 @@ def list_tokens(api: ApiClient, as_json: Json = False) -> None:
 @remote
 def create(
     api: ApiClient,
-    name: Annotated[str, typer.Argument(metavar="NAME", help="What the token is for.",
-                                        show_default=False)],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="What the token is for.", show_default=False)
+    ],
     role: Annotated[
         str | None,
-        typer.Option(help="admin, operator, viewer or auditor; at most the user's own role "
-                          "(default: the user's role)."),
+        typer.Option(
+            help="admin, operator, viewer or auditor; at most the user's own role "
+            "(default: the user's role)."
+        ),
     ] = None,
     expires_in_days: Annotated[
         float | None,
@@ -71,8 +86,15 @@ def create(
     as_json: Json = False,
 ) -> None:
     """Create an API token and print its secret (once)."""
-    body = compact({"name": name, "role": role, "expires_in_days": expires_in_days,
-                    "user": user, "reason": reason})
+    body = compact(
+        {
+            "name": name,
+            "role": role,
+            "expires_in_days": expires_in_days,
+            "user": user,
+            "reason": reason,
+        }
+    )
     output.emit(api.post(PATH, body), as_json, render_new)
 
 
@@ -80,8 +102,12 @@ def create(
 @remote
 def revoke(
     api: ApiClient,
-    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", show_default=False,
-                                            help="The token's id (see `tokens list`).")],
+    token_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="TOKEN_ID", show_default=False, help="The token's id (see `tokens list`)."
+        ),
+    ],
     reason: Reason = None,
     as_json: Json = False,
 ) -> None:

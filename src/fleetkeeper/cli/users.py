@@ -56,8 +56,11 @@ def create_user(
     role: Annotated[str, typer.Option(help=ROLE_HELP, show_default=False)],
     password: Annotated[
         str | None,
-        typer.Option(envvar="FLEETKEEPER_USER_PASSWORD", show_default=False,
-                     help=f"{PASSWORD_HELP} Without one the user can only use API tokens."),
+        typer.Option(
+            envvar="FLEETKEEPER_USER_PASSWORD",
+            show_default=False,
+            help=f"{PASSWORD_HELP} Without one the user can only use API tokens.",
+        ),
     ] = None,
     tenant: Annotated[
         str | None, typer.Option(help="The user's tenant (default: none, a platform user).")
@@ -66,8 +69,15 @@ def create_user(
     as_json: Json = False,
 ) -> None:
     """Create a user."""
-    body = compact({"username": username, "role": role, "password": password, "tenant": tenant,
-                    "reason": reason})
+    body = compact(
+        {
+            "username": username,
+            "role": role,
+            "password": password,
+            "tenant": tenant,
+            "reason": reason,
+        }
+    )
     output.emit(api.post(USERS, body), as_json, render_user)
 
 
@@ -80,8 +90,11 @@ def update_user(
     password: Annotated[str | None, typer.Option(help=PASSWORD_HELP, show_default=False)] = None,
     disabled: Annotated[
         bool | None,
-        typer.Option("--disable/--enable", show_default=False,
-                     help="Lock the user out (their tokens stop working), or let them back in."),
+        typer.Option(
+            "--disable/--enable",
+            show_default=False,
+            help="Lock the user out (their tokens stop working), or let them back in.",
+        ),
     ] = None,
     reason: Reason = None,
     as_json: Json = False,
@@ -102,13 +115,15 @@ def list_tenants(api: ApiClient, as_json: Json = False) -> None:
 @remote
 def create_tenant(
     api: ApiClient,
-    tenant_id: Annotated[str, typer.Argument(metavar="ID", help="Short id, e.g. acme.",
-                                             show_default=False)],
+    tenant_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Short id, e.g. acme.", show_default=False)
+    ],
     name: Annotated[str, typer.Option(help="Display name.", show_default=False)],
     reason: Reason = None,
     as_json: Json = False,
 ) -> None:
     """Create a tenant."""
     body = compact({"id": tenant_id, "name": name, "reason": reason})
-    output.emit(api.post(TENANTS, body), as_json,
-                lambda t: output.record(t, f"Tenant {t.get('id', '')}"))
+    output.emit(
+        api.post(TENANTS, body), as_json, lambda t: output.record(t, f"Tenant {t.get('id', '')}")
+    )

@@ -161,9 +161,7 @@ def field_expression(
 
 
 def _model_name() -> ColumnElement[Any]:
-    return (
-        select(DeviceModel.name).where(DeviceModel.id == Device.model_id).scalar_subquery()
-    )
+    return select(DeviceModel.name).where(DeviceModel.id == Device.model_id).scalar_subquery()
 
 
 def _sqlite_attribute_text(keys: tuple[str, ...]) -> ColumnElement[Any]:

@@ -232,15 +232,24 @@ class _Builder:
         if not colon:
             self.field(word)  # an unknown field is the likelier mistake than a missing operator
             at = tokens[1].start_pos if len(tokens) > 1 else start + len(word.value)
-            raise _error(self.text, at or 0, f"expected an operator after {word.value!r}",
-                         f"one of {_OPERATORS}")
+            raise _error(
+                self.text,
+                at or 0,
+                f"expected an operator after {word.value!r}",
+                f"one of {_OPERATORS}",
+            )
         kind = prefix.lower()
         if kind not in {"tag", "group"}:
-            raise _error(self.text, start, f"unknown selector {prefix + ':'!r}",
-                         "use tag:NAME or group:NAME")
+            raise _error(
+                self.text, start, f"unknown selector {prefix + ':'!r}", "use tag:NAME or group:NAME"
+            )
         if len(tokens) > 1 and rest:
-            raise _error(self.text, tokens[1].start_pos or 0, f"unexpected {tokens[1].value!r}",
-                         "expected AND, OR, ')' or the end of the query")
+            raise _error(
+                self.text,
+                tokens[1].start_pos or 0,
+                f"unexpected {tokens[1].value!r}",
+                "expected AND, OR, ')' or the end of the query",
+            )
         value = self.value(tokens[1]) if len(tokens) > 1 else self.value(word, skip=len(prefix) + 1)
         if not value.text:
             raise _error(self.text, start, f"{kind}: needs a name", f"write {kind}:NAME")
