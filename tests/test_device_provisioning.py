@@ -274,3 +274,54 @@ async def test_customer_claims_a_device_once(client: httpx.AsyncClient) -> None:
             "/api/v1/claims", json={"serial": "LBL-1", "claim_code": "K7Q2-M9XP-4TZA-8WRN"}
         )
         assert r.status_code in (404, 409)
+
+
+async def test_client_certificate_from_a_trusted_proxy_authenticates(
+    settings,
+    clock: FakeClock,
+    db,  # type: ignore[no-untyped-def]
+) -> None:
+    from urllib.parse import quote
+
+    from conftest import ADMIN_TOKEN
+    from fleetkeeper.api.app import create_app
+
+    app = create_app(
+        settings.model_copy(update={"client_cert_header": "X-Client-Cert"}), clock=clock
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://t",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as admin:
+            await admin.post("/api/v1/models", json={"name": "thermo-v2"})
+            dev = Device(admin, "CERT-1")
+            r = await dev.enroll(await provisioning_token(admin, auto_accept=True))
+            cert = quote(r.json()["certificate"])
+            headers = {"Authorization": "", "X-Client-Cert": cert}
+            ok = await admin.post("/device/v1/checkin", json={}, headers=headers)
+            assert ok.status_code == 200, ok.text
+            ca = (await admin.get("/api/v1/device-ca")).text
+            assert "BEGIN CERTIFICATE" in ca
+            forged = await admin.post(
+                "/device/v1/checkin",
+                json={},
+                headers={"Authorization": "", "X-Client-Cert": quote(ca)},
+            )
+            assert forged.status_code == 401
+            await admin.post(f"/api/v1/devices/{dev.device_id}/retire")
+            gone = await admin.post("/device/v1/checkin", json={}, headers=headers)
+            assert gone.status_code == 403
+
+
+async def test_certificate_header_is_ignored_unless_configured(client: httpx.AsyncClient) -> None:
+    from urllib.parse import quote
+
+    await client.post("/api/v1/models", json={"name": "thermo-v2"})
+    dev = Device(client, "CERT-1")
+    r = await dev.enroll(await provisioning_token(client, auto_accept=True))
+    headers = {"Authorization": "", "X-Client-Cert": quote(r.json()["certificate"])}
+    r = await client.post("/device/v1/checkin", json={}, headers=headers)
+    assert r.status_code == 401 and r.json()["code"] == "token_missing"

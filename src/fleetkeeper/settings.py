@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     checkin_interval_seconds: int = Field(
         default=30, description="How often devices are told to check in when not long-polling."
     )
+    client_cert_header: str | None = Field(
+        default=None,
+        description="Mutual TLS behind a TLS-terminating proxy: the request header in which the "
+        "proxy forwards the verified client certificate (URL-encoded PEM, e.g. nginx "
+        "$ssl_client_escaped_cert). Unset: certificates in headers are ignored.",
+    )
     token_ttl_days: int = Field(default=90, description="Default lifetime of new API tokens.")
     online_window_seconds: int = Field(
         default=300, description="A device counts as online when seen within this many seconds."

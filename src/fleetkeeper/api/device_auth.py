@@ -7,6 +7,7 @@ refusals are what an intrusion looks like.
 from __future__ import annotations
 
 from typing import Annotated, NoReturn
+from urllib.parse import unquote
 
 from fastapi import Depends, Request
 
@@ -14,7 +15,7 @@ from fleetkeeper.api.deps import StateDep
 from fleetkeeper.api.state import AppState
 from fleetkeeper.errors import FleetkeeperError, Forbidden, Unauthenticated
 from fleetkeeper.services import security
-from fleetkeeper.services.identity import TokenError, verify_token
+from fleetkeeper.services.identity import TokenError, certificate_device, verify_token
 from fleetkeeper.store.models import Device
 
 
@@ -47,12 +48,27 @@ async def refuse(
     raise error
 
 
-async def authenticated_device(request: Request, state: StateDep) -> Device:
+async def _credentials(request: Request, state: AppState) -> tuple[str, int | None, str | None]:
+    """(device id, token generation, certificate serial) from a bearer token or, behind a
+    proxy that terminates mutual TLS, from the forwarded client certificate."""
+    now = state.clock.now()
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    cert_header = state.settings.client_cert_header
+    if (
+        (scheme.lower() != "bearer" or not token)
+        and cert_header
+        and request.headers.get(cert_header)
+    ):
+        try:
+            device_id, serial = certificate_device(
+                state.keys, unquote(request.headers[cert_header]), now
+            )
+        except TokenError as exc:
+            await refuse(state, request, Unauthenticated(exc.detail, code=exc.code), exc.code)
+        return device_id, None, serial
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("send Authorization: Bearer <access token>", code="token_missing")
-    now = state.clock.now()
     try:
         claims = verify_token(state.keys.token_key, token.strip(), now)
     except TokenError as exc:
@@ -60,7 +76,13 @@ async def authenticated_device(request: Request, state: StateDep) -> Device:
         if exc.code == "token_expired":
             raise error from None
         await refuse(state, request, error, "token_invalid")
-    wait = state.limiter.take(claims.device_id)
+    return claims.device_id, claims.generation, None
+
+
+async def authenticated_device(request: Request, state: StateDep) -> Device:
+    now = state.clock.now()
+    device_id, generation, cert_serial = await _credentials(request, state)
+    wait = state.limiter.take(device_id)
     if wait > 0:
         raise RateLimited(
             f"too many requests: retry in {wait:.1f} s",
@@ -68,14 +90,14 @@ async def authenticated_device(request: Request, state: StateDep) -> Device:
             retry_after=max(1, round(wait + 0.5)),
         )
     async with state.db.read() as session:
-        device = await session.get(Device, claims.device_id)
+        device = await session.get(Device, device_id)
     if device is None:
         await refuse(
             state,
             request,
             Unauthenticated("unknown device", code="unknown_device"),
             "unknown_device",
-            device_id=claims.device_id,
+            device_id=device_id,
         )
     if device.state == "retired":
         await refuse(
@@ -86,7 +108,13 @@ async def authenticated_device(request: Request, state: StateDep) -> Device:
             device.id,
             device.serial,
         )
-    if claims.generation != device.credential_generation:
+    revoked = (
+        generation != device.credential_generation
+        if cert_serial is None
+        # A certificate is good while it is the device's current one and nothing was revoked.
+        else cert_serial != device.certificate_serial or device.credential_generation > 0
+    )
+    if revoked:
         await refuse(
             state,
             request,

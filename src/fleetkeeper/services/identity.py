@@ -173,6 +173,25 @@ def claim_code_matches(stored: str | None, code: str) -> bool:
     return hmac.compare_digest(hashlib.sha256((salt + code).encode()).hexdigest(), digest)
 
 
+def certificate_device(keys: ServerKeys, pem: str, now: datetime) -> tuple[str, str]:
+    """(device id, certificate serial in hex) of a client certificate the device CA issued.
+
+    Raises TokenError when the certificate is malformed, foreign or out of its validity."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        cert.verify_directly_issued_by(keys.ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise TokenError(
+            "certificate_invalid", "client certificate not issued by the device CA"
+        ) from None
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise TokenError("certificate_invalid", "client certificate outside its validity")
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise TokenError("certificate_invalid", "client certificate names no device")
+    return str(names[0].value), format(cert.serial_number, "x")
+
+
 # --- challenges -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from fleetkeeper.api.deps import (
@@ -118,6 +119,16 @@ async def revoke_token(
     async with state.db.write() as session:
         token = await provisioning.revoke_token(session, change, token_id)
     return ProvisioningTokenOut(**provisioning.token_view(token, None))
+
+
+@router.get(
+    "/device-ca",
+    response_class=PlainTextResponse,
+    summary="The device CA certificate (PEM), for a proxy that verifies device certificates",
+)
+async def device_ca(state: StateDep, principal: PrincipalDep) -> PlainTextResponse:
+    principal.require("devices:read")
+    return PlainTextResponse(state.keys.ca_pem, media_type="application/x-pem-file")
 
 
 @router.post(
