@@ -87,6 +87,9 @@ async def test_enrolling_twice_is_refused(client: httpx.AsyncClient) -> None:
     dev = await online_device(client)
     r = await dev.enroll(await provisioning_token(client, auto_accept=True))
     assert r.status_code == 409 and r.json()["code"] == "already_enrolled"
+    assert r.json()["device_id"] == dev.device_id  # same key: the id comes back
+    r = await Device(client, dev.serial).enroll(await provisioning_token(client, auto_accept=True))
+    assert r.status_code == 409 and "device_id" not in r.json()
 
 
 async def test_token_use_limit_expiry_and_scope(

@@ -11,6 +11,7 @@ import typer
 
 from fleetkeeper import __version__
 from fleetkeeper.cli import (
+    agent,
     audit,
     devices,
     groups,
@@ -69,6 +70,7 @@ app.add_typer(users.tenants, name="tenants")
 app.add_typer(audit.app, name="audit")
 app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")
+app.command("agent")(agent.agent)
 
 
 def main() -> None:

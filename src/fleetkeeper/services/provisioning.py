@@ -224,13 +224,17 @@ async def enroll(
         )
     device = await session.scalar(select(Device).where(Device.serial == req.serial))
     if device is not None and device.enrolled_at is not None:
-        kind = "enroll_repeated" if device.public_key == req.public_key else "enroll_key_mismatch"
+        same_key = device.public_key == req.public_key
+        # The proof showed the caller holds this key: a device that lost its enrolment answer
+        # learns its id back and can authenticate. Anyone else learns nothing.
+        known = {"device_id": device.id} if same_key else {}
         raise EnrollRefused(
             Conflict(
                 f"serial {req.serial!r} is enrolled already; authenticate instead",
                 code="already_enrolled",
+                **known,
             ),
-            kind,
+            "enroll_repeated" if same_key else "enroll_key_mismatch",
         )
     if device is not None and device.state == "retired":
         raise EnrollRefused(

@@ -211,7 +211,9 @@ async def token(request: Request, state: StateDep, body: TokenIn) -> TokenOut:
 
 
 @router.post("/checkin", response_model=CheckinOut, summary="Say alive, learn what to do")
-async def checkin(state: StateDep, device: DeviceDep, body: CheckinIn) -> CheckinOut:
+async def checkin(
+    request: Request, state: StateDep, device: DeviceDep, body: CheckinIn
+) -> CheckinOut:
     interval = state.settings.checkin_interval_seconds
     if device.state == "pending":
         return CheckinOut(state="pending", commands=[], next_checkin=interval)
@@ -221,7 +223,8 @@ async def checkin(state: StateDep, device: DeviceDep, body: CheckinIn) -> Checki
         now = state.clock.now()
         async with state.db.read() as session:
             due = await commands.has_pending(session, device.id, now)
-        if due:
+        # A device that hung up while waiting must not be handed commands it will never see.
+        if due and not await request.is_disconnected():
             async with state.db.write() as session:
                 handed = await commands.deliver(session, device.id, now)
                 out = [
@@ -247,7 +250,7 @@ async def command_result(
     state: StateDep, device: DeviceDep, command_id: str, body: ResultIn
 ) -> None:
     if device.state == "pending":
-        raise BadRequest("a pending device has no commands", code="device_pending")
+        raise Forbidden("a pending device has no commands", code="device_pending")
     change = Change(principal=device_principal(device), clock=state.clock)
     async with state.db.write() as session:
         cmd = await commands.complete(
