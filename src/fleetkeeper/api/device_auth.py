@@ -48,6 +48,18 @@ async def refuse(
     raise error
 
 
+async def refuse_if_retired(state: AppState, request: Request, device: Device) -> None:
+    if device.state == "retired":
+        await refuse(
+            state,
+            request,
+            Forbidden("this device was retired", code="device_retired", wipe=device.wipe_pending),
+            "retired_device_call",
+            device.id,
+            device.serial,
+        )
+
+
 async def _credentials(request: Request, state: AppState) -> tuple[str, int | None, str | None]:
     """(device id, token generation, certificate serial) from a bearer token or, behind a
     proxy that terminates mutual TLS, from the forwarded client certificate."""
@@ -99,15 +111,7 @@ async def authenticated_device(request: Request, state: StateDep) -> Device:
             "unknown_device",
             device_id=device_id,
         )
-    if device.state == "retired":
-        await refuse(
-            state,
-            request,
-            Forbidden("this device was retired", code="device_retired", wipe=device.wipe_pending),
-            "retired_device_call",
-            device.id,
-            device.serial,
-        )
+    await refuse_if_retired(state, request, device)
     revoked = (
         generation != device.credential_generation
         if cert_serial is None

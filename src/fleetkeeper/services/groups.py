@@ -59,7 +59,7 @@ async def list_groups(
     stmt = select(Group).where(principal.tenant_filter(Group.tenant_id))
     if after_id is not None:
         stmt = stmt.where(Group.id > after_id)
-    return list((await session.scalars(stmt.order_by(Group.id).limit(limit + 1))).all())
+    return list((await session.scalars(stmt.order_by(Group.id).limit(limit))).all())
 
 
 async def _check_query(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from fleetkeeper.api.deps import PrincipalDep, StateDep
+from fleetkeeper.api.pagination import IdCursor, Limit, id_page
 from fleetkeeper.errors import BadRequest
 from fleetkeeper.schemas.common import Page
 from fleetkeeper.services import audit
@@ -66,26 +67,17 @@ async def list_audit(
     target: Annotated[str | None, Query(max_length=200, description="e.g. device:<id>")] = None,
     since: Annotated[datetime | None, Query(description="ISO time, inclusive")] = None,
     until: Annotated[datetime | None, Query(description="ISO time, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Limit = 100,
+    cursor: IdCursor = None,
 ) -> Page[AuditOut]:
-    if cursor is not None and not cursor.isdigit():
-        raise BadRequest(
-            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
-        )
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise BadRequest(f"{name} needs a time zone, e.g. 2026-01-01T00:00:00Z", field=name)
     flt = audit.AuditFilter(actor=actor, action=action, target=target, since=since, until=until)
     async with state.db.read() as session:
-        rows = await audit.list_records(
-            session, principal, flt, limit=limit + 1, before_id=int(cursor) if cursor else None
-        )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        items=[_view(r) for r in rows], next_cursor=str(rows[-1].id) if more and rows else None
-    )
+        rows = await audit.list_records(session, principal, flt, limit=limit + 1, before_id=cursor)
+    items, next_cursor = id_page(rows, limit, lambda r: r.id)
+    return Page(items=[_view(r) for r in items], next_cursor=next_cursor)
 
 
 @router.post(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from fleetkeeper.api.deps import StateDep
-from fleetkeeper.api.device_auth import ActiveDeviceDep, DeviceDep, refuse
+from fleetkeeper.api.device_auth import ActiveDeviceDep, DeviceDep, refuse, refuse_if_retired
 from fleetkeeper.errors import BadRequest, Forbidden, Unauthenticated
 from fleetkeeper.ids import uuid7
 from fleetkeeper.schemas.common import Input
@@ -195,15 +195,7 @@ async def token(request: Request, state: StateDep, body: TokenIn) -> TokenOut:
             device.id,
             device.serial,
         )
-    if device.state == "retired":
-        await refuse(
-            state,
-            request,
-            Forbidden("this device was retired", code="device_retired", wipe=device.wipe_pending),
-            "retired_device_call",
-            device.id,
-            device.serial,
-        )
+    await refuse_if_retired(state, request, device)
     access, ttl = identity.issue_token(
         state.keys.token_key, device.id, device.credential_generation, now
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
 from fleetkeeper.api.deps import ReasonHeader, ReasonQuery, ScopeDep, StateDep, make_change
-from fleetkeeper.errors import BadRequest
+from fleetkeeper.api.pagination import IdCursor, Limit, id_page
 from fleetkeeper.schemas.common import Page
 from fleetkeeper.schemas.devices import DeviceOut
 from fleetkeeper.schemas.inventory import GroupCreate, GroupOut, GroupPatch, Members
@@ -30,23 +30,13 @@ class MembersChanged(BaseModel):
 async def list_groups(
     state: StateDep,
     scope: ScopeDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Limit = 100,
+    cursor: IdCursor = None,
 ) -> Page[GroupOut]:
-    if cursor is not None and not cursor.isdigit():
-        raise BadRequest(
-            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
-        )
     async with state.db.read() as session:
-        rows = await groups.list_groups(
-            session, scope.principal, limit=limit, after_id=int(cursor) if cursor else None
-        )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        items=[groups.view(g) for g in rows],
-        next_cursor=str(rows[-1].id) if more and rows else None,
-    )
+        rows = await groups.list_groups(session, scope.principal, limit=limit + 1, after_id=cursor)
+    items, next_cursor = id_page(rows, limit, lambda g: g.id)
+    return Page(items=[groups.view(g) for g in items], next_cursor=next_cursor)
 
 
 @router.post(

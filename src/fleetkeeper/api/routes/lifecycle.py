@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.api.deps import ReasonHeader, ScopeDep, StateDep, make_change
 from fleetkeeper.schemas.common import Input, Page, Reason
 from fleetkeeper.schemas.devices import DeviceOut
 from fleetkeeper.services import commands, devices, provisioning, retirement
+from fleetkeeper.services.context import Change
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
@@ -59,56 +63,53 @@ async def _render(state: StateDep, scope: ScopeDep, device_id: str) -> DeviceOut
         return (await devices.render(session, scope, [device]))[0]
 
 
-@router.post("/{device_id}/accept", response_model=DeviceOut, summary="Accept a pending device")
-async def accept(
-    state: StateDep,
-    scope: ScopeDep,
-    device_id: str,
-    body: Decision | None = None,
-    x_change_reason: ReasonHeader = None,
-) -> DeviceOut:
-    change = make_change(state, scope.principal, body.reason if body else None, x_change_reason)
-    async with state.db.write() as session:
-        await provisioning.decide(session, change, device_id, accept=True)
-    return await _render(state, scope, device_id)
+Transition = Callable[[AsyncSession, Change, str], Awaitable[Any]]
 
 
-@router.post(
-    "/{device_id}/reject",
-    response_model=DeviceOut,
-    summary="Reject a pending device (retired, credentials revoked)",
+def _transition_route(action: str, summary: str, act: Transition, *, needs_reason: bool) -> None:
+    """POST /{device_id}/<action>: one lifecycle step, answered with the device as it is now."""
+
+    async def transition(
+        state: StateDep,
+        scope: ScopeDep,
+        device_id: str,
+        body: Decision | None = None,
+        x_change_reason: ReasonHeader = None,
+    ) -> DeviceOut:
+        reason = body.reason if body else None
+        change = make_change(
+            state, scope.principal, reason, x_change_reason, reason_required=needs_reason
+        )
+        async with state.db.write() as session:
+            await act(session, change, device_id)
+        return await _render(state, scope, device_id)
+
+    router.post(
+        f"/{{device_id}}/{action}",
+        response_model=DeviceOut,
+        summary=summary,
+        name=f"{action}_device",
+    )(transition)
+
+
+_transition_route(
+    "accept",
+    "Accept a pending device",
+    partial(provisioning.decide, accept=True),
+    needs_reason=False,
 )
-async def reject(
-    state: StateDep,
-    scope: ScopeDep,
-    device_id: str,
-    body: Decision | None = None,
-    x_change_reason: ReasonHeader = None,
-) -> DeviceOut:
-    change = make_change(state, scope.principal, body.reason if body else None, x_change_reason)
-    async with state.db.write() as session:
-        await provisioning.decide(session, change, device_id, accept=False)
-    return await _render(state, scope, device_id)
-
-
-@router.post(
-    "/{device_id}/retire",
-    response_model=DeviceOut,
-    summary="Retire a device: revoke its credentials, queue a wipe, keep its history",
+_transition_route(
+    "reject",
+    "Reject a pending device (retired, credentials revoked)",
+    partial(provisioning.decide, accept=False),
+    needs_reason=False,
 )
-async def retire(
-    state: StateDep,
-    scope: ScopeDep,
-    device_id: str,
-    body: Decision | None = None,
-    x_change_reason: ReasonHeader = None,
-) -> DeviceOut:
-    change = make_change(
-        state, scope.principal, body.reason if body else None, x_change_reason, reason_required=True
-    )
-    async with state.db.write() as session:
-        await retirement.retire(session, change, device_id)
-    return await _render(state, scope, device_id)
+_transition_route(
+    "retire",
+    "Retire a device: revoke its credentials, queue a wipe, keep its history",
+    retirement.retire,
+    needs_reason=True,
+)
 
 
 @router.post(

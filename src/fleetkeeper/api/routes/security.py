@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from fleetkeeper.api.deps import PrincipalDep, StateDep
-from fleetkeeper.errors import BadRequest
+from fleetkeeper.api.pagination import IdCursor, Limit, id_page
 from fleetkeeper.schemas.common import Page
 from fleetkeeper.services import security
 
@@ -31,24 +31,19 @@ async def list_events(
     state: StateDep,
     principal: PrincipalDep,
     device_id: Annotated[str | None, Query(max_length=36)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Limit = 100,
+    cursor: IdCursor = None,
 ) -> Page[SecurityEventOut]:
-    if cursor is not None and not cursor.isdigit():
-        raise BadRequest(
-            "invalid cursor: pass back the next_cursor of a previous page", field="cursor"
-        )
     async with state.db.read() as session:
         rows = await security.list_events(
             session,
             principal,
             device_id=device_id,
             limit=limit + 1,
-            before_id=int(cursor) if cursor else None,
+            before_id=cursor,
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
+    items, next_cursor = id_page(rows, limit, lambda e: e.id)
     return Page(
-        items=[SecurityEventOut.model_validate(r, from_attributes=True) for r in rows],
-        next_cursor=str(rows[-1].id) if more and rows else None,
+        items=[SecurityEventOut.model_validate(r, from_attributes=True) for r in items],
+        next_cursor=next_cursor,
     )
