@@ -51,13 +51,18 @@ Lists are paginated with `limit` and `cursor`. Mutations take a `reason` (body f
 """
 
 
-async def _flush_presence(state: AppState, every: float = 2.0) -> None:
+async def _housekeeping(state: AppState, every: float = 1.0) -> None:
+    """Per-replica background work: last-seen times out, pending commands in."""
+    ticks = 0
     while True:
         await asyncio.sleep(every)
+        ticks += 1
         try:
-            await state.presence.flush(state.db)
-        except Exception:  # a failed flush keeps its rows for the next one
-            log.exception("writing last-seen times failed; will retry")
+            await state.pending.refresh(state.db, state.clock.now())
+            if ticks % 2 == 0:
+                await state.presence.flush(state.db)
+        except Exception:  # a failed round keeps its data for the next one
+            log.exception("background housekeeping failed; will retry")
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -98,7 +103,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 file=sys.stderr,
                 flush=True,
             )
-        flusher = asyncio.create_task(_flush_presence(state), name="presence-flush")
+        await state.pending.refresh(db, clock.now())
+        flusher = asyncio.create_task(_housekeeping(state), name="housekeeping")
         try:
             yield
         finally:

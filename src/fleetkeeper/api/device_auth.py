@@ -101,8 +101,7 @@ async def authenticated_device(request: Request, state: StateDep) -> Device:
             code="rate_limited",
             retry_after=max(1, round(wait + 0.5)),
         )
-    async with state.db.read() as session:
-        device = await session.get(Device, device_id)
+    device = await state.device_cache.get(state.db, device_id)
     if device is None:
         await refuse(
             state,

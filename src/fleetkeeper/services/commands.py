@@ -31,6 +31,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 MAX_OUTPUT = 65_536
+DELIVER_BATCH = 20  # commands handed out per check-in at most
 
 
 def effective_state(cmd: Command, now: datetime) -> str:
@@ -125,15 +126,6 @@ async def expire_due(session: AsyncSession, device_id: str, now: datetime) -> No
         .where(Command.device_id == device_id, Command.state.in_(OPEN), Command.expires_at <= now)
         .values(state="expired", completed_at=now)
     )
-
-
-async def has_pending(session: AsyncSession, device_id: str, now: datetime) -> bool:
-    found = await session.scalar(
-        select(Command.id)
-        .where(Command.device_id == device_id, Command.state == "pending", Command.expires_at > now)
-        .limit(1)
-    )
-    return found is not None
 
 
 async def deliver(session: AsyncSession, device_id: str, now: datetime) -> list[Command]:

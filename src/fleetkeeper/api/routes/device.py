@@ -21,7 +21,6 @@ from fleetkeeper.services.provisioning import device_principal
 from fleetkeeper.store.models import Device, DeviceLog
 
 router = APIRouter(prefix="/device/v1", tags=["device API"])
-RECHECK_SECONDS = 5.0  # a long-poll also looks at the database this often (other replicas)
 
 
 class EnrollIn(Input):
@@ -213,28 +212,24 @@ async def checkin(
     deadline = loop.time() + body.wait
     while True:
         now = state.clock.now()
-        async with state.db.read() as session:
-            due = await commands.has_pending(session, device.id, now)
         # A device that hung up while waiting must not be handed commands it will never see.
-        if due and not await request.is_disconnected():
+        if device.id in state.pending and not await request.is_disconnected():
             async with state.db.write() as session:
                 handed = await commands.deliver(session, device.id, now)
-                out = [
-                    CommandOut(
-                        id=c.id,
-                        name=c.name,
-                        args=c.args,
-                        timeout=c.timeout,
-                        expires_at=c.expires_at,
-                    )
-                    for c in handed
-                ]
+            if len(handed) < commands.DELIVER_BATCH:
+                state.pending.discard(device.id)
+            out = [
+                CommandOut(
+                    id=c.id, name=c.name, args=c.args, timeout=c.timeout, expires_at=c.expires_at
+                )
+                for c in handed
+            ]
             if out:
                 return CheckinOut(state=device.state, commands=out, next_checkin=interval)
         remaining = deadline - loop.time()
         if remaining <= 0:
             return CheckinOut(state=device.state, commands=[], next_checkin=interval)
-        await state.notifier.wait(device.id, min(remaining, RECHECK_SECONDS))
+        await state.notifier.wait(device.id, remaining)
 
 
 @router.post("/commands/{command_id}", status_code=204, summary="Report a command's outcome")

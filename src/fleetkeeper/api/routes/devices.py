@@ -150,6 +150,7 @@ async def update_device(
     change = make_change(state, scope.principal, body.reason, x_change_reason, reason_required=True)
     async with state.db.write() as session:
         device = await devices.update_device(session, change, device_id, body)
+        state.device_cache.forget(device_id)
         return (await devices.render(session, scope, [device]))[0]
 
 
@@ -164,4 +165,5 @@ async def delete_device(
     change = make_change(state, principal, reason, x_change_reason, reason_required=True)
     async with state.db.write() as session:
         await devices.delete_device(session, change, device_id)
+    state.device_cache.forget(device_id)
     return Response(status_code=204)

@@ -82,6 +82,7 @@ def _transition_route(action: str, summary: str, act: Transition, *, needs_reaso
         )
         async with state.db.write() as session:
             await act(session, change, device_id)
+        state.device_cache.forget(device_id)
         return await _render(state, scope, device_id)
 
     router.post(
@@ -128,6 +129,8 @@ async def replace(
     change = make_change(state, scope.principal, body.reason, x_change_reason, reason_required=True)
     async with state.db.write() as session:
         new = await retirement.replace(session, change, device_id, body.new_device)
+    state.device_cache.forget(device_id)
+    state.device_cache.forget(new.id)
     return await _render(state, scope, new.id)
 
 
@@ -150,7 +153,7 @@ async def send_command(
             session, change, device_id, name=body.name, args=body.args, timeout_s=body.timeout
         )
         out = CommandOut(**commands.view(cmd, change.now()))
-    state.notifier.notify(cmd.device_id)  # after commit: the device may long-poll right now
+    state.pending.add(cmd.device_id)  # after commit: the device may long-poll right now
     return out
 
 

@@ -142,4 +142,5 @@ async def claim(
     change = make_change(state, scope.principal, body.reason, x_change_reason)
     async with state.db.write() as session:
         device = await retirement.claim(session, change, body.serial, body.claim_code)
+        state.device_cache.forget(device.id)
         return (await devices.render(session, scope, [device]))[0]
