@@ -1,8 +1,9 @@
 """python -m bench [SCENARIO ...] [--quick] [--database sqlite,postgresql] [--pg-url URL]
 
-Scenarios: fleet-query (with fleet-aggregate), bulk-import. Each reports its figure beside the
-bare database doing the same work, as a ratio; results go to bench/results/*.json and the
-table in docs/performance.md.
+Scenarios: fleet-query (with fleet-aggregate), bulk-import, each beside the bare database doing
+the same work; checkin, beside a bare endpoint of the same server; longpoll, memory held by
+10,000 open long-polls beside the idle server. Each is reported as a ratio; results go to
+bench/results/*.json and the table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import json
 import sys
 from dataclasses import asdict
 
-from bench import inventory
+from bench import device, inventory
 from bench.databases import DEFAULT_PG
 from bench.harness import Result, save
 from bench.report import update_doc
 
-SCENARIOS = ("fleet-query", "bulk-import")
+SCENARIOS = ("fleet-query", "bulk-import", "checkin", "longpoll")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             results += inventory.bulk_import(
                 kind, 20_000 if args.quick else 100_000, args.pg_url, rounds=1 if args.quick else 3
             )
+        if "checkin" in chosen:
+            results += device.checkin(
+                kind,
+                2_000 if args.quick else 10_000,
+                args.pg_url,
+                rounds=5 if args.quick else 9,
+                seconds=3 if args.quick else 8,
+            )
+        if "longpoll" in chosen:
+            results += device.longpoll(kind, 1_000 if args.quick else 10_000, args.pg_url)
     path = save(results, "quick" if args.quick else "full")
     if not args.no_doc:
         update_doc()
@@ -64,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2))
     else:
         for r in results:
+            unit, scale = ("MB", 1) if r.extra.get("unit") == "MB" else ("ms", 1000)
             print(
                 f"{r.scenario:16} {r.database:10} {r.fleet_size:>9,}"
-                f"  ours {r.ours['median_s'] * 1000:9.1f} ms"
-                f"  limit {r.limit['median_s'] * 1000:9.1f} ms  ratio {r.ratio:5.1f}x"
+                f"  ours {r.ours['median_s'] * scale:9.1f} {unit}"
+                f"  limit {r.limit['median_s'] * scale:9.1f} {unit}  ratio {r.ratio:5.1f}x"
             )
         print(f"saved {path}", file=sys.stderr)
     return 0

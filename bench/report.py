@@ -17,6 +17,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+def _value(value: float, unit: str | None) -> str:
+    """Times by default; results whose `extra.unit` says otherwise (MB) keep their unit."""
+    return _ms(value) if unit in (None, "s") else f"{value:,.1f} {unit}"
+
+
 def latest() -> list[dict[str, Any]]:
     """The newest result for each (scenario, database, fleet size) over all result files."""
     newest: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -36,10 +41,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         o, lim = r["ours"], r["limit"]
+        unit = r.get("extra", {}).get("unit")
+
+        def fmt(v: float, unit: str | None = unit) -> str:
+            return _value(v, unit)
+
         lines.append(
             f"| {r['scenario']} | {r['database']} | {r['fleet_size']:,} "
-            f"| {_ms(o['median_s'])} ({_ms(o['p10_s'])}-{_ms(o['p90_s'])}, n={o['rounds']}) "
-            f"| {r['limit_name']} | {_ms(lim['median_s'])} | {r['ratio']:.1f}x | {r['goal']} "
+            f"| {fmt(o['median_s'])} ({fmt(o['p10_s'])}-{fmt(o['p90_s'])}, n={o['rounds']}) "
+            f"| {r['limit_name']} | {fmt(lim['median_s'])} | {r['ratio']:.1f}x | {r['goal']} "
             f"| {r['date']} |"
         )
     return "\n".join(lines)

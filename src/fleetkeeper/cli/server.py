@@ -90,6 +90,8 @@ def serve(
         loop="auto",
         http="auto",
         log_level="info",
+        # Long-polls may hold a request for a minute: do not wait for all of them on stop.
+        timeout_graceful_shutdown=5,
     )
     # On Ctrl-C uvicorn shuts down gracefully, then re-raises the signal: nothing to report.
     with suppress(KeyboardInterrupt):
