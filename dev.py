@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up a virtual environment for Fleetkeeper and run it or its tests.
 
-    python3 dev.py run     # install into .venv, then run the main job (see README)
+    python3 dev.py run     # install into .venv, then run the demo (server + simulated fleet)
     python3 dev.py test    # install into .venv with test extras, then lint, type-check and test
 
 Only the Python standard library is used here so the script works on a fresh clone.
@@ -42,7 +42,7 @@ def _ensure_venv(extras: str) -> None:
 
 def run(args: list[str]) -> int:
     _ensure_venv("")
-    cmd = [str(BIN / "fleetkeeper"), *(args or ["serve"])]
+    cmd = [str(BIN / "fleetkeeper"), *(args or ["demo"])]
     return subprocess.call(cmd)
 
 

@@ -13,12 +13,14 @@ from fleetkeeper import __version__
 from fleetkeeper.cli import (
     agent,
     audit,
+    demo,
     devices,
     groups,
     lifecycle,  # noqa: F401 - adds its commands to `devices`
     models,
     provisioning,
     server,
+    simulate,
     tokens,
     users,
 )
@@ -71,6 +73,8 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")
 app.command("agent")(agent.agent)
+app.command("simulate")(simulate.simulate)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

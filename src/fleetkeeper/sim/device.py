@@ -1,0 +1,239 @@
+"""One simulated device's state, the world it lives in, and how it makes a request.
+
+A device is a slots dataclass of small values (about 2 KB with its key and its random
+generator): 10,000 of them fit easily in memory. It has no task of its own; the scheduler
+(`sim.scheduler`) calls `behaviour.tick` when the device is due, and the tick returns when it
+wants to be called again. Times in a device are seconds since the fleet started
+(`World.elapsed`); wall-clock time, for telemetry timestamps, comes from `World.clock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import httpx
+
+from fleetkeeper.clock import Clock
+from fleetkeeper.protocol.backoff import Backoff
+from fleetkeeper.protocol.client import DeviceClient
+from fleetkeeper.protocol.connectivity import Connectivity
+from fleetkeeper.protocol.errors import (
+    RateLimited,
+    Refused,
+    Restricted,
+    Retired,
+    Stopped,
+    Unavailable,
+)
+from fleetkeeper.protocol.messages import Command, Point
+from fleetkeeper.sim.catalogue import ModelSpec, Site
+from fleetkeeper.sim.physics import Physics
+from fleetkeeper.sim.scenario import Scenario
+from fleetkeeper.sim.stats import Stats
+from fleetkeeper.sim.update import Firmware, UpdateJob
+
+log = logging.getLogger("fleetkeeper.sim")
+T = TypeVar("T")
+MAX_BUFFER = 600  # telemetry points a device keeps while it cannot send
+NEVER = math.inf
+
+
+class Status(StrEnum):
+    NEW = "new"  # not enrolled yet
+    ACTIVE = "active"
+    PENDING = "pending"  # waits for an operator: only check-in
+    QUARANTINED = "quarantined"  # check-in and command results only
+    STOPPED = "stopped"  # retired, revoked, refused or gone for good
+
+
+class Deferred(Exception):
+    """The tick ends here: the device is offline, backing off, or was told no."""
+
+    def __init__(self, refused: bool = False) -> None:
+        super().__init__()
+        self.refused = refused
+
+
+@dataclass(slots=True)
+class World:
+    """What every device shares: the scenario, the HTTP client, the clocks, the counters."""
+
+    scenario: Scenario
+    server: str
+    http: httpx.AsyncClient
+    clock: Clock
+    elapsed: Callable[[], float]  # seconds since the fleet started
+    stats: Stats
+    provisioning_token: str | None = None
+    start_wall: float = 0.0
+    connectivity: Connectivity = field(default_factory=lambda: Connectivity("server", log))
+    warned: set[str] = field(default_factory=set)
+
+    def wall(self) -> float:
+        return self.clock.now().timestamp()
+
+    def fleet_ts(self, wall: float) -> float:
+        """Fleet time (for the physics): the run's wall time sped up by `time_scale`."""
+        return self.start_wall + (wall - self.start_wall) * self.scenario.time_scale
+
+    def backoff(self, rng: random.Random, failures: int) -> float:
+        s = self.scenario
+        base = min(1.0, s.telemetry_interval, s.checkin_interval)
+        cap = max(base, min(300.0, 10 * s.checkin_interval))
+        backoff = Backoff(base, cap, rng=rng)
+        backoff.attempt = failures
+        return backoff.next_delay()
+
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning(message + " (logged once)", *args)
+
+
+@dataclass(slots=True, eq=False)
+class SimDevice:
+    index: int
+    serial: str
+    model: ModelSpec
+    site: Site
+    hardware_revision: str
+    rng: random.Random
+    client: DeviceClient
+    firmware: Firmware
+    physics: Physics
+    faults: dict[str, tuple[float, float]] | None = None  # kind → (onset, end)
+    status: Status = Status.NEW
+    next_checkin: float = 0.0
+    next_telemetry: float = 0.0
+    next_inventory: float = 0.0
+    next_attack: float = NEVER
+    next_flood: float = NEVER
+    hold_until: float = 0.0  # backing off or rate limited
+    down_until: float = 0.0  # powered off or rebooting
+    off: bool = False
+    failures: int = 0
+    job: UpdateJob | None = None
+    job_due: float = NEVER
+    reboot_command: str | None = None
+    inbox: list[Command] | None = None  # commands received, not yet run
+    outbox: list[tuple[str, str, Any]] | None = None  # (command id, state, result) to report
+    buffer: list[Point] | None = None
+    sampled_at: float = 0.0  # fleet time of the last physics step
+    boot_count: int = 1
+    booted_at: float = 0.0
+    reported: int | None = None  # hash of the last inventory the server took
+    stuck_value: float | None = None
+
+    # --- faults -----------------------------------------------------------------------
+
+    def has(self, kind: str) -> bool:
+        return self.faults is not None and kind in self.faults
+
+    def active(self, kind: str, now: float) -> bool:
+        if self.faults is None:
+            return False
+        window = self.faults.get(kind)
+        return window is not None and window[0] <= now < window[1]
+
+    def active_faults(self, now: float) -> frozenset[str]:
+        if self.faults is None:
+            return frozenset()
+        return frozenset(k for k, (a, b) in self.faults.items() if a <= now < b)
+
+    def next_fault_change(self, now: float) -> float:
+        if self.faults is None:
+            return NEVER
+        return min((t for w in self.faults.values() for t in w if t > now), default=NEVER)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def stop(self, world: World, why: str) -> None:
+        if self.status is not Status.STOPPED:
+            self.status = Status.STOPPED
+            world.stats.stopped[why] += 1
+
+    def power_cycle(self, now: float, seconds: float) -> None:
+        """Off for `seconds`; memory (the access token) is lost; it boots when it comes back."""
+        self.off = True
+        self.down_until = max(self.down_until, now + seconds)
+        self.client.forget_token()
+
+    def boot(self, now: float) -> None:
+        self.off = False
+        self.boot_count += 1
+        self.booted_at = now
+        self.next_inventory = min(self.next_inventory, now)
+
+    def released(self, due: float) -> float:
+        """When an action due at `due` could start at the earliest: not while the device was
+        off or backing off (lateness the device chose is not lateness of the simulator)."""
+        return max(due, self.hold_until, self.down_until)
+
+    def reply(self, command_id: str, state: str, result: Any) -> None:
+        if self.outbox is None:
+            self.outbox = []
+        self.outbox.append((command_id, state, result))
+
+    def next_due(self, now: float) -> float | None:
+        if self.status is Status.STOPPED:
+            return None
+        if self.status is Status.NEW:
+            due = self.next_checkin
+        elif self.status is not Status.ACTIVE:
+            due = self.next_checkin if not self.outbox else now
+        else:
+            due = min(
+                self.next_checkin,
+                self.next_telemetry,
+                self.next_inventory,
+                self.next_attack,
+                self.next_flood,
+                self.job_due,
+                now if (self.outbox or self.inbox) else NEVER,
+            )
+        due = min(due, self.next_fault_change(now))
+        return max(due, self.hold_until, self.down_until if self.off else 0.0)
+
+    async def call(self, world: World, request: Callable[[], Awaitable[T]]) -> T:
+        """Make one request; on trouble, set when to try again and raise Deferred."""
+        now = world.elapsed()
+        flaky = self.faults is not None and self.active("flaky", now)
+        if flaky and self.rng.random() < world.scenario.faults["flaky"].loss:
+            world.stats.lost += 1
+            self._back_off(world, now)
+            raise Deferred
+        try:
+            answer = await request()
+        except RateLimited as exc:
+            world.stats.rate_limited += 1
+            self.hold_until = world.elapsed() + exc.retry_after
+            raise Deferred from None
+        except Unavailable as exc:
+            world.stats.unreachable += 1
+            world.connectivity.lost(exc)
+            self._back_off(world, world.elapsed())
+            raise Deferred from None
+        except Stopped as exc:
+            self.stop(world, "retired" if isinstance(exc, Retired) else "revoked")
+            raise Deferred(refused=True) from None
+        except Restricted as exc:
+            self.status = Status.PENDING if exc.code == "device_pending" else Status.QUARANTINED
+            raise Deferred(refused=True) from None
+        except Refused as exc:
+            world.stats.error(f"{self.serial}: {exc}")
+            world.warn_once(exc.code, "the server refused a device request: %s", exc)
+            self._back_off(world, world.elapsed())
+            raise Deferred(refused=True) from None
+        world.connectivity.restored()
+        self.failures = 0
+        return answer
+
+    def _back_off(self, world: World, now: float) -> None:
+        self.hold_until = now + world.backoff(self.rng, self.failures)
+        self.failures += 1

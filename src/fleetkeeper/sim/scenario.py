@@ -1,0 +1,218 @@
+"""Scenarios: the fleet to simulate, its timing, its faults and an optional rollout.
+
+A scenario is a TOML (`.toml`) or JSON file; every key is optional (docs/simulator.md has a
+full example). Anything the file says that is not described here is refused with the key's
+name, never ignored. Command-line options override the file (`with_overrides`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fleetkeeper.sim.catalogue import MODELS, MODELS_BY_NAME, SITES
+
+FAULT_KINDS: tuple[str, ...] = (
+    "update_download_corrupt",
+    "update_install_fail",
+    "update_health_fail",
+    "disappear",
+    "flaky",
+    "sensor_stuck",
+    "sensor_out_of_range",
+    "sensor_noisy",
+    "flood",
+    "compromised",
+    "site_outage",
+)
+UPDATE_FAULTS = frozenset({"update_download_corrupt", "update_install_fail", "update_health_fail"})
+SENSOR_FAULTS = frozenset({"sensor_stuck", "sensor_out_of_range", "sensor_noisy"})
+
+
+class ScenarioError(ValueError):
+    """A scenario file or option that cannot be used; the message says what and where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FaultSpec(_Strict):
+    """One kind of fault: which share of the fleet it hits, when, and its own knobs."""
+
+    rate: float = Field(ge=0, le=1, description="Share of the devices hit (site_outage: of a site)")
+    at: float = Field(default=0.0, ge=0, description="Seconds after the start when it begins")
+    spread: float = Field(default=0.0, ge=0, description="Each device begins up to this later")
+    duration: float | None = Field(default=None, gt=0, description="Seconds; unset: for good")
+    site: str | None = Field(default=None, description="site_outage: the site (default: picked)")
+    loss: float = Field(default=0.5, ge=0, le=1, description="flaky: share of messages lost")
+    messages_per_second: float = Field(default=50.0, gt=0, le=1000, description="flood")
+    burst: int = Field(default=5, ge=1, le=100, description="compromised: failed logins a burst")
+    every: float = Field(default=30.0, gt=0, description="compromised: seconds between bursts")
+
+
+class SiteSpec(_Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    climate: float = Field(default=12.0, ge=-60, le=60, description="Mean temperature, °C")
+    swing: float = Field(default=8.0, ge=0, le=30, description="Day/night half-difference, °C")
+
+
+class RolloutSpec(_Strict):
+    """A firmware release sent as `update` commands in phases (needs an admin token)."""
+
+    model: str
+    version: str = Field(min_length=1, max_length=100)
+    phases: tuple[int, ...] = Field(default=(5, 20, 50), min_length=1)
+    start: float = Field(default=30.0, ge=0, description="Seconds after the start")
+    pause: float = Field(default=60.0, gt=0, description="Seconds each phase gets to finish")
+    max_failure_rate: float = Field(default=0.5, ge=0, le=1, description="Halt above this")
+
+    @field_validator("phases")
+    @classmethod
+    def _positive(cls, phases: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 1 for n in phases):
+            raise ValueError("every phase needs at least one device")
+        return phases
+
+
+class Scenario(_Strict):
+    name: str = "default"
+    seed: int = 1
+    devices: int = Field(default=100, ge=1, le=1_000_000)
+    serial_prefix: str | None = Field(
+        default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+    )
+    mix: dict[str, float] = Field(default_factory=lambda: {m.name: m.share for m in MODELS})
+    sites: tuple[SiteSpec, ...] = Field(
+        default=tuple(SiteSpec(**vars(s)) for s in SITES), min_length=1
+    )
+    checkin_interval: float = Field(default=30.0, gt=0, le=86400)
+    telemetry_interval: float = Field(default=10.0, gt=0, le=86400)
+    inventory_interval: float = Field(default=300.0, gt=0, le=86400)
+    time_scale: float = Field(default=1.0, gt=0, le=100_000, description="Fleet s per real s")
+    update_step: float = Field(default=2.0, gt=0, le=3600, description="Seconds per update phase")
+    reboot_seconds: float = Field(default=5.0, ge=0, le=3600)
+    enroll_rate: float = Field(default=50.0, gt=0, description="Enrolments started per second")
+    concurrency: int = Field(default=64, ge=1, le=10_000, description="Requests in flight")
+    faults: dict[str, FaultSpec] = Field(default_factory=dict)
+    rollout: RolloutSpec | None = None
+
+    @field_validator("mix")
+    @classmethod
+    def _known_models(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mix) - set(MODELS_BY_NAME))
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}: known are {sorted(MODELS_BY_NAME)}")
+        if any(w < 0 or not math.isfinite(w) for w in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("model shares are numbers >= 0, at least one above 0")
+        return mix
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _fault_shorthand(cls, faults: Any) -> Any:
+        if not isinstance(faults, Mapping):
+            return faults
+        unknown = sorted(set(faults) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {unknown}: known are {list(FAULT_KINDS)}")
+        # `flaky = 0.05` is short for `[faults.flaky] rate = 0.05`.
+        return {
+            k: {"rate": v} if isinstance(v, int | float) and not isinstance(v, bool) else v
+            for k, v in faults.items()
+        }
+
+    @property
+    def prefix(self) -> str:
+        return self.serial_prefix or f"sim{self.seed}"
+
+    def rate(self, kind: str) -> float:
+        spec = self.faults.get(kind)
+        return spec.rate if spec else 0.0
+
+
+def parse(data: Mapping[str, Any], source: str = "scenario") -> Scenario:
+    try:
+        scenario = Scenario.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {_describe(exc)}") from None
+    site_names = [s.name for s in scenario.sites]
+    if len(set(site_names)) != len(site_names):
+        raise ScenarioError(f"{source}: sites: every site needs its own name")
+    outage = scenario.faults.get("site_outage")
+    if outage and outage.site and outage.site not in site_names:
+        raise ScenarioError(f"{source}: faults.site_outage.site: no site {outage.site!r}")
+    if scenario.rollout and scenario.rollout.model not in MODELS_BY_NAME:
+        raise ScenarioError(f"{source}: rollout.model: unknown model {scenario.rollout.model!r}")
+    return scenario
+
+
+def load(path: Path) -> Scenario:
+    """A scenario from a .toml or .json file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if Path(path).suffix.lower() == ".json":
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path} is not valid {_kind(path)}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}: a scenario is an object (a table) at the top")
+    return parse(data, str(path))
+
+
+def parse_fault_option(text: str) -> tuple[str, float]:
+    """`KIND=RATE` as given to `--fault`."""
+    kind, sep, rate_text = text.partition("=")
+    kind = kind.strip()
+    if not sep or kind not in FAULT_KINDS:
+        raise ScenarioError(
+            f"--fault takes KIND=RATE with KIND one of {', '.join(FAULT_KINDS)}; not {text!r}"
+        )
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise ScenarioError(
+            f"--fault {kind}: the rate must be a number, not {rate_text!r}"
+        ) from None
+    if not 0.0 <= rate <= 1.0:
+        raise ScenarioError(f"--fault {kind}: the rate is between 0 and 1, not {rate}")
+    return kind, rate
+
+
+def with_overrides(
+    scenario: Scenario, *, fault_rates: Mapping[str, float] | None = None, **values: Any
+) -> Scenario:
+    """`scenario` with the options given on the command line (None: not given) on top."""
+    data = scenario.model_dump()
+    data.update({k: v for k, v in values.items() if v is not None})
+    faults = data["faults"]
+    for kind, rate in (fault_rates or {}).items():
+        faults[kind] = {**faults.get(kind, {}), "rate": rate}
+    return parse(data, "options")
+
+
+def _kind(path: Path) -> str:
+    return "JSON" if Path(path).suffix.lower() == ".json" else "TOML"
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "scenario"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "not a scenario setting"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
