@@ -59,6 +59,7 @@ async def _housekeeping(state: AppState, every: float = 1.0) -> None:
         ticks += 1
         try:
             await state.pending.refresh(state.db, state.clock.now())
+            await state.device_cache.forget_changed(state.db, state.clock.now())
             if ticks % 2 == 0:
                 await state.presence.flush(state.db)
         except Exception:  # a failed round keeps its data for the next one
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 flush=True,
             )
         await state.pending.refresh(db, clock.now())
+        await state.device_cache.forget_changed(db, clock.now())
         flusher = asyncio.create_task(_housekeeping(state), name="housekeeping")
         try:
             yield

@@ -133,6 +133,7 @@ async def claim(session: AsyncSession, change: Change, serial: str, code: str) -
     before = device.tenant_id
     device.tenant_id = principal.tenant_id
     device.claimed_at = change.now()
+    device.updated_at = change.now()
     device.claim_code_hash = None
     await session.execute(delete(GroupMember).where(GroupMember.device_id == device.id))
     await audit.append(

@@ -112,6 +112,8 @@ class Device(Base):
         Index("ix_devices_firmware", "firmware_key"),
         Index("ix_devices_last_seen", "last_seen"),
         Index("ix_devices_state", "state"),
+        # Replicas ask "which devices changed since" every second (services/device_cache.py).
+        Index("ix_devices_updated_at", "updated_at"),
         # Equality on attributes.* compiles to containment (@>), which this index serves.
         Index(
             "ix_devices_attributes",
