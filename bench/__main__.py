@@ -2,7 +2,8 @@
 
 Scenarios: fleet-query (with fleet-aggregate), bulk-import, each beside the bare database doing
 the same work; checkin, beside a bare endpoint of the same server; longpoll, memory held by
-10,000 open long-polls beside the idle server. Each is reported as a ratio; results go to
+10,000 open long-polls beside the idle server; simulator, memory of `fleetkeeper simulate`
+with 10,000 devices beside the same simulator with one. Each is reported as a ratio; results go to
 bench/results/*.json and the table in docs/performance.md.
 """
 
@@ -13,12 +14,12 @@ import json
 import sys
 from dataclasses import asdict
 
-from bench import device, inventory
+from bench import device, inventory, sim
 from bench.databases import DEFAULT_PG
 from bench.harness import Result, save
 from bench.report import update_doc
 
-SCENARIOS = ("fleet-query", "bulk-import", "checkin", "longpoll")
+SCENARIOS = ("fleet-query", "bulk-import", "checkin", "longpoll", "simulator")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "longpoll" in chosen:
             results += device.longpoll(kind, 1_000 if args.quick else 10_000, args.pg_url)
+    if "simulator" in chosen:  # no database: the simulator runs against a stand-in server
+        results += sim.simulator(
+            2_000 if args.quick else 10_000, duration=70 if args.quick else 110
+        )
     path = save(results, "quick" if args.quick else "full")
     if not args.no_doc:
         update_doc()
