@@ -144,6 +144,8 @@ class Group(Base):
     description: Mapped[str | None] = mapped_column(Text)
     # A dynamic group is defined by a fleet query; a static group (query None) by its members.
     query: Mapped[str | None] = mapped_column(Text)
+    # The members' own maintenance windows ([{cron, duration, timezone}]); rollouts honour them.
+    maintenance_windows: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -287,3 +289,133 @@ class ServerSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReleaseKey(Base):
+    """A trusted Ed25519 release key: artifacts signed by it are accepted (public half only)."""
+
+    __tablename__ = "release_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # sha256(public key)[:16]
+    name: Mapped[str] = mapped_column(String(100))
+    public_key: Mapped[str] = mapped_column(String(64))  # base64 of the 32 raw bytes
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Artifact(Base):
+    """A signed update payload; the bytes live in the artifact store under `storage_key`."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # full, package, delta
+    base_version: Mapped[str | None] = mapped_column(String(100))  # delta: applies on top of
+    models: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    hardware_revisions: Mapped[list[str]] = mapped_column(JSONType, default=list)  # [] any
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    signature: Mapped[str] = mapped_column(String(100))  # base64 Ed25519 of the signed message
+    key_id: Mapped[str] = mapped_column(String(16))
+    release_notes: Mapped[str | None] = mapped_column(Text)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_artifacts_name_version"),)
+
+
+class Deployment(Base):
+    """An artifact or a bulk operation sent to a target under a rollout policy."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # None: created by a platform user, may span tenants.
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # update, command
+    artifact_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    command: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # {name, args}
+    target: Mapped[str] = mapped_column(Text)  # fleet query
+    continuous: Mapped[bool] = mapped_column(Boolean, default=False)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    # The planner's memory (services/rollout/planner.RolloutState).
+    phase: Mapped[int] = mapped_column(Integer, default=0)
+    phase_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    threshold_met_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rate: Mapped[float] = mapped_column(Float, default=0.0)
+    credit: Mapped[float] = mapped_column(Float, default=0.0)
+    last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    notified_at_rate: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded_at_rate: Mapped[int] = mapped_column(Integer, default=0)
+    # Scheduling: when to look again, and which replica holds it until when.
+    next_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Execution(Base):
+    """One device's part in a deployment."""
+
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE")
+    )
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    phase: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # order within the deployment
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # Hand the job to the device at its next check-in (notified, cancel or rollback asked).
+    deliver: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())  # jitter and retries
+    step_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    from_version: Mapped[str | None] = mapped_column(String(100))
+    to_version: Mapped[str | None] = mapped_column(String(100))
+    last_active: Mapped[str | None] = mapped_column(String(16))  # state before it ended
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "device_id", name="uq_executions_deployment_device"),
+        Index("ix_executions_deployment_state", "deployment_id", "state", "phase"),
+        Index("ix_executions_device_state", "device_id", "state"),
+        Index("ix_executions_deliver", "deliver", "device_id"),
+        Index("ix_executions_deadline", "step_deadline"),
+    )
+
+
+class DeploymentEvent(Base):
+    """The deployment's timeline: phases, rate changes, pauses, aborts, operator actions."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
