@@ -5,13 +5,15 @@ This package speaks HTTP to a server and never imports the server (`fleetkeeper.
 """
 
 from fleetkeeper.protocol.backoff import Backoff
-from fleetkeeper.protocol.client import DeviceClient
+from fleetkeeper.protocol.client import DeviceClient, Download
 from fleetkeeper.protocol.connectivity import Connectivity
 from fleetkeeper.protocol.errors import (
     AlreadyEnrolled,
     AuthenticationFailed,
     CommandClosed,
     EnrollmentRefused,
+    InvalidTransition,
+    JobClosed,
     ProtocolError,
     RateLimited,
     Refused,
@@ -31,20 +33,25 @@ from fleetkeeper.protocol.keys import (
     sign_b64,
 )
 from fleetkeeper.protocol.messages import (
+    ArtifactRef,
     CheckinResult,
     Command,
     DeviceView,
     Enrollment,
+    Job,
+    JobAnswer,
     Location,
     LogUpload,
     Point,
     Rejection,
+    ReleaseKey,
     TelemetryResult,
 )
 from fleetkeeper.protocol.queue import TelemetryQueue
 
 __all__ = [
     "AlreadyEnrolled",
+    "ArtifactRef",
     "AuthenticationFailed",
     "Backoff",
     "CheckinResult",
@@ -53,8 +60,13 @@ __all__ = [
     "Connectivity",
     "DeviceClient",
     "DeviceView",
+    "Download",
     "Enrollment",
     "EnrollmentRefused",
+    "InvalidTransition",
+    "Job",
+    "JobAnswer",
+    "JobClosed",
     "KeyFileError",
     "Location",
     "LogUpload",
@@ -63,6 +75,7 @@ __all__ = [
     "RateLimited",
     "Refused",
     "Rejection",
+    "ReleaseKey",
     "Restricted",
     "Retired",
     "Revoked",

@@ -20,8 +20,9 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 from urllib.parse import quote
 
 import httpx
@@ -34,14 +35,18 @@ from fleetkeeper.protocol.messages import (
     CheckinResult,
     DeviceView,
     Enrollment,
+    JobAnswer,
     Location,
     LogUpload,
     Point,
+    ReleaseKey,
     TelemetryResult,
     read_checkin,
     read_device,
     read_enrollment,
+    read_job_answer,
     read_log_upload,
+    read_release_keys,
     read_telemetry,
 )
 
@@ -49,6 +54,7 @@ PREFIX = "/device/v1"
 MAX_POINTS = 1000
 MAX_OUTPUT_BYTES = 64 * 1024
 MAX_LOG_BYTES = 1024 * 1024
+MAX_DETAIL_BYTES = 4096
 MAX_WAIT = 60.0
 RENEW_EARLY = 60.0
 DEFAULT_RETRY_AFTER = 5.0
@@ -235,6 +241,68 @@ class DeviceClient:
         )
         return read_log_upload(_json(response))
 
+    async def report_job(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        progress: int | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+        version: str | None = None,
+        cancel_refused: bool = False,
+    ) -> JobAnswer:
+        """Tell the server where a job stands (docs/ota.md, "Reporting progress")."""
+        body = _compact(
+            {
+                "state": state,
+                "progress": progress,
+                "reason": reason,
+                "detail": truncate_utf8(detail, MAX_DETAIL_BYTES) if detail else None,
+                "version": version,
+                "cancel_refused": cancel_refused or None,
+            }
+        )
+        response = await self._call("POST", f"/jobs/{_segment(job_id)}", json=body)
+        return read_job_answer(_json(response))
+
+    async def release_keys(self) -> tuple[ReleaseKey, ...]:
+        """The release keys the server trusts (an agent pins them on first enrolment)."""
+        response = await self._call("GET", "/release-keys")
+        return read_release_keys(_json(response))
+
+    async def download(
+        self, url: str, write: Callable[[bytes], object], *, offset: int = 0
+    ) -> Download:
+        """Stream an artifact from byte `offset` (resume), handing each chunk to `write`.
+
+        `url` is the job's `artifact.url` (a path under the server, or absolute). Returns the
+        integrity headers the server sent; checking them is the caller's job.
+        """
+        token = self._token if self.has_token else await self._token_for_request()
+        target = url if "://" in url else f"{self.server}{url}"
+        headers = {"Authorization": f"Bearer {token}"}
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            async with self._http.stream(
+                "GET", target, headers=headers, timeout=httpx.Timeout(self.timeout, connect=10.0)
+            ) as response:
+                if response.status_code == 416:
+                    return _download(response, offset, resumed=True)
+                if not response.is_success:
+                    await response.aread()
+                    self._raise_for(response)
+                resumed = response.status_code == 206
+                received = 0
+                async for chunk in response.aiter_bytes():
+                    write(chunk)
+                    received += len(chunk)
+                return _download(response, received, resumed=resumed)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise Unavailable(f"download from {self.server} broke off: {reason}") from exc
+
     # --- plumbing -------------------------------------------------------------------------
 
     async def _authenticate(self) -> None:
@@ -310,6 +378,9 @@ class DeviceClient:
             raise Unavailable(f"cannot reach {self.server}: {reason}") from exc
         if response.is_success:
             return response
+        self._raise_for(response)
+
+    def _raise_for(self, response: httpx.Response) -> NoReturn:
         problem = _problem(response)
         if response.status_code == 429:
             header = response.headers.get("Retry-After") or str(problem.get("retry_after") or "")
@@ -320,6 +391,36 @@ class DeviceClient:
                 f"server error {response.status_code}: {detail}", status=response.status_code
             )
         raise refusal(response.status_code, problem)
+
+
+@dataclass(frozen=True)
+class Download:
+    """What a download brought: bytes received and the server's integrity headers."""
+
+    received: int
+    resumed: bool  # the server honoured the Range (206), or there was nothing left (416)
+    sha256: str | None
+    signature: str | None
+    key_id: str | None
+    total: int | None  # the artifact's full size, when the server said
+
+
+def _download(response: httpx.Response, received: int, *, resumed: bool) -> Download:
+    h = response.headers
+    total: int | None = None
+    content_range = h.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        total = int(content_range.rsplit("/", 1)[1])
+    elif response.status_code == 200 and (h.get("Content-Length") or "").isdigit():
+        total = int(h["Content-Length"])
+    return Download(
+        received=received,
+        resumed=resumed,
+        sha256=(h.get("X-Artifact-Sha256") or "").lower() or None,
+        signature=h.get("X-Artifact-Signature"),
+        key_id=h.get("X-Artifact-Key-Id"),
+        total=total,
+    )
 
 
 def _compact(body: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ ProtocolError                   the request got no useful answer
     │   └── Retired             device_retired; `wipe`: erase local data too
     ├── EnrollmentRefused       403 provisioning_refused / not_preauthorised
     ├── AlreadyEnrolled         409 already_enrolled (`device_id` when the server names it)
-    └── CommandClosed           409 command_closed: the result came too late
+    ├── CommandClosed           409 command_closed: the result came too late
+    ├── JobClosed               409 job_closed: the server ended the execution; stop it
+    └── InvalidTransition       409 invalid_transition: the report does not fit the job's state
 
 Branch on the class (or on `code`); show `detail` to people.
 """
@@ -99,6 +101,14 @@ class CommandClosed(Refused):
     pass
 
 
+class JobClosed(Refused):
+    pass
+
+
+class InvalidTransition(Refused):
+    pass
+
+
 _BY_CODE: dict[str, type[Refused]] = {
     "challenge_invalid": AuthenticationFailed,
     "signature_invalid": AuthenticationFailed,
@@ -113,6 +123,8 @@ _BY_CODE: dict[str, type[Refused]] = {
     "not_preauthorised": EnrollmentRefused,
     "already_enrolled": AlreadyEnrolled,
     "command_closed": CommandClosed,
+    "job_closed": JobClosed,
+    "invalid_transition": InvalidTransition,
 }
 
 

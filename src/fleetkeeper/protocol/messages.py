@@ -32,11 +32,59 @@ class Command:
 
 
 @dataclass(frozen=True)
+class ArtifactRef:
+    """What a job installs: enough to download, verify and describe it (docs/ota.md)."""
+
+    id: str
+    version: str
+    sha256: str
+    signature: str
+    key_id: str
+    url: str
+    size: int = 0
+    name: str = ""
+    kind: str = "full"
+    base_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One execution of a deployment, as handed out at check-in (docs/ota.md, "Jobs")."""
+
+    id: str
+    deployment_id: str
+    kind: str  # update, rollback, command
+    state: str
+    attempt: int = 1
+    cancel: bool = False
+    artifact: ArtifactRef | None = None
+    rollback_to: str | None = None
+    command: Command | None = None
+    preconditions: dict[str, Any] = field(default_factory=dict)
+    timeouts: dict[str, float] = field(default_factory=dict)
+    not_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobAnswer:
+    state: str
+    cancel: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseKey:
+    id: str
+    public_key: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class CheckinResult:
     state: str
     commands: tuple[Command, ...] = ()
     next_checkin: float = 30.0
     wipe: bool = False
+    jobs: tuple[Job, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,11 +196,80 @@ def read_checkin(body: Any) -> CheckinResult:
     commands = data.get("commands") or []
     if not isinstance(commands, list):
         raise Unavailable("the server's check-in answer has commands that are not a list")
+    jobs = data.get("jobs") or []
+    if not isinstance(jobs, list):
+        raise Unavailable("the server's check-in answer has jobs that are not a list")
     return CheckinResult(
         state=_text(data, "state", "check-in"),
         commands=tuple(read_command(c) for c in commands),
         next_checkin=max(0.0, _number(data.get("next_checkin"), 30.0)),
         wipe=data.get("wipe") is True,
+        jobs=tuple(read_job(j) for j in jobs),
+    )
+
+
+def read_artifact(body: Any) -> ArtifactRef:
+    data = _object(body, "artifact")
+    base = data.get("base_version")
+    return ArtifactRef(
+        id=_text(data, "id", "artifact"),
+        version=_text(data, "version", "artifact"),
+        sha256=_text(data, "sha256", "artifact").lower(),
+        signature=str(data.get("signature") or ""),
+        key_id=str(data.get("key_id") or ""),
+        url=_text(data, "url", "artifact"),
+        size=int(_number(data.get("size"), 0)),
+        name=str(data.get("name") or ""),
+        kind=str(data.get("kind") or "full"),
+        base_version=base if isinstance(base, str) else None,
+    )
+
+
+def read_job(body: Any) -> Job:
+    data = _object(body, "job")
+    artifact = data.get("artifact")
+    command = data.get("command")
+    rollback_to = data.get("rollback_to")
+    pre = data.get("preconditions")
+    timeouts = data.get("timeouts")
+    job_id = _text(data, "id", "job")
+    return Job(
+        id=job_id,
+        deployment_id=str(data.get("deployment_id") or ""),
+        kind=_text(data, "kind", "job"),
+        state=str(data.get("state") or "notified"),
+        attempt=int(_number(data.get("attempt"), 1)),
+        cancel=data.get("cancel") is True,
+        artifact=read_artifact(artifact) if isinstance(artifact, dict) else None,
+        rollback_to=rollback_to if isinstance(rollback_to, str) else None,
+        command=read_command({"id": job_id, **command}) if isinstance(command, dict) else None,
+        preconditions=pre if isinstance(pre, dict) else {},
+        timeouts={
+            str(k): _number(v, 0.0)
+            for k, v in (timeouts.items() if isinstance(timeouts, dict) else ())
+        },
+        not_after=_time(data.get("not_after")),
+    )
+
+
+def read_job_answer(body: Any) -> JobAnswer:
+    data = _object(body, "job report")
+    return JobAnswer(state=_text(data, "state", "job report"), cancel=data.get("cancel") is True)
+
+
+def read_release_keys(body: Any) -> tuple[ReleaseKey, ...]:
+    data = _object(body, "release keys")
+    keys = data.get("keys")
+    if not isinstance(keys, list):
+        raise Unavailable("the server's release keys answer has no 'keys' list")
+    return tuple(
+        ReleaseKey(
+            id=str(k.get("id") or ""),
+            public_key=str(k.get("public_key") or ""),
+            name=str(k.get("name") or ""),
+        )
+        for k in keys
+        if isinstance(k, dict) and k.get("public_key")
     )
 
 
