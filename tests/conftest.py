@@ -120,7 +120,13 @@ def clock() -> FakeClock:
 def settings(database_url: str, tmp_path: Path) -> Settings:
     from fleetkeeper.settings import Settings
 
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_token=ADMIN_TOKEN)
+    # The rollout scheduler is driven by the tests themselves (scheduler.tick()), in FakeClock time.
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        scheduler_interval_seconds=0,
+    )
 
 
 @pytest.fixture

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         description="Comma-separated attribute keys to index on SQLite (PostgreSQL indexes "
         "every attribute for equality).",
     )
+    scheduler_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How often the rollout scheduler looks at due deployments; 0 turns it off "
+        "in this process (another replica, or a test, drives it).",
+    )
     require_reason: bool = Field(
         default=False,
         description="Refuse operator changes (update, delete) that carry no reason.",

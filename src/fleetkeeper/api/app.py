@@ -19,6 +19,7 @@ from fleetkeeper.api import problems
 from fleetkeeper.api.middleware import BodyLimit, RequestContext
 from fleetkeeper.api.routes import (
     audit,
+    deployments,
     device,
     devices,
     groups,
@@ -66,6 +67,19 @@ async def _housekeeping(state: AppState, every: float = 1.0) -> None:
             log.exception("background housekeeping failed; will retry")
 
 
+async def _schedule(state: AppState, every: float) -> None:
+    """Move deployments on: every `every` seconds, or at once when kicked."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(every):
+                await state.scheduler_kicked.wait()
+        state.scheduler_kicked.clear()
+        try:
+            await state.scheduler.tick()
+        except Exception:  # the next round starts from what the database holds
+            log.exception("rollout scheduler round failed; will retry")
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -106,13 +120,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             )
         await state.pending.refresh(db, clock.now())
         await state.device_cache.forget_changed(db, clock.now())
-        flusher = asyncio.create_task(_housekeeping(state), name="housekeeping")
+        tasks = [asyncio.create_task(_housekeeping(state), name="housekeeping")]
+        if settings.scheduler_interval_seconds > 0:
+            every = settings.scheduler_interval_seconds
+            tasks.append(asyncio.create_task(_schedule(state, every), name="scheduler"))
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.presence.flush(db)
             await db.dispose()
 
@@ -137,6 +156,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         security.router,
         tokens.router,
         users.router,
+        deployments.router,
         device.router,
     ):
         app.include_router(router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -12,7 +14,10 @@ from fleetkeeper.services.notify import Notifier
 from fleetkeeper.services.pending import PendingIndex
 from fleetkeeper.services.presence import Presence
 from fleetkeeper.services.ratelimit import RateLimiter
+from fleetkeeper.services.release_keys import ServerReleaseKey
+from fleetkeeper.services.scheduler import Scheduler
 from fleetkeeper.settings import Settings
+from fleetkeeper.store.artifacts import ArtifactStore
 from fleetkeeper.store.db import Database
 
 
@@ -23,13 +28,31 @@ class AppState:
     clock: Clock
     keys: ServerKeys
     limiter: RateLimiter
+    artifacts: ArtifactStore
+    release_key: ServerReleaseKey
     notifier: Notifier = field(default_factory=Notifier)
     presence: Presence = field(default_factory=Presence)
     device_cache: DeviceCache = field(default_factory=DeviceCache)
     pending: PendingIndex = field(init=False)
+    scheduler: Scheduler = field(init=False)
+    scheduler_kicked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.pending = PendingIndex(self.notifier)
+        self.scheduler = Scheduler(
+            self.db,
+            self.clock,
+            wake=self._wake,
+            online_window=timedelta(seconds=self.settings.online_window_seconds),
+        )
+
+    def _wake(self, device_ids: Iterable[str]) -> None:
+        for device_id in device_ids:
+            self.pending.add(device_id)
+
+    def kick_scheduler(self) -> None:
+        """Look at due deployments now rather than at the next interval."""
+        self.scheduler_kicked.set()
 
     @property
     def online_window(self) -> timedelta:

@@ -1,4 +1,4 @@
-"""Which devices have commands waiting, known in memory so check-ins need no query.
+"""Which devices have commands or jobs waiting, known in memory so check-ins need no query.
 
 A check-in looks here instead of in the database; only a device listed here costs a write to
 hand its commands out. The set is refreshed from the database every `refresh` seconds by one
@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from fleetkeeper.services.executions import devices_with_jobs
 from fleetkeeper.services.notify import Notifier
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.models import Command
@@ -42,6 +43,7 @@ class PendingIndex:
                     .distinct()
                 )
             )
+            found |= await devices_with_jobs(session, now)
         for device_id in found - self._devices:
             self.notifier.notify(device_id)
         self._devices = found

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fleetkeeper.errors import Invalid
 
-READ = frozenset({"devices:read", "models:read", "groups:read"})
+READ = frozenset(
+    {"devices:read", "models:read", "groups:read", "artifacts:read", "deployments:read"}
+)
 OPERATE = frozenset(
     {
         "devices:write",
@@ -13,19 +15,27 @@ OPERATE = frozenset(
         "tokens:own",
         "provisioning:write",
         "commands:write",
+        "deployments:write",
     }
 )
+# Who may put new firmware into the fleet's reach (restricted change management). Operators
+# may send bulk commands and pause, stop or abort any deployment, but not deploy an update.
+RELEASE = frozenset({"artifacts:write", "updates:deploy", "deployments:write"})
 
 ROLES: dict[str, frozenset[str]] = {
     "viewer": READ,
     "auditor": READ | {"audit:read"},
     "operator": READ | OPERATE,
-    "admin": READ | OPERATE | {"audit:read", "tokens:manage", "users:manage", "tenants:manage"},
+    "release_manager": READ | RELEASE | {"tokens:own"},
+    "admin": READ
+    | OPERATE
+    | RELEASE
+    | {"audit:read", "tokens:manage", "users:manage", "tenants:manage", "release_keys:manage"},
     # A device acting for itself: it changes nothing through the management API.
     "device": frozenset(),
 }
 # Roles a person can be given (the device role is the server's own).
-USER_ROLES = ("admin", "operator", "viewer", "auditor")
+USER_ROLES = ("admin", "operator", "release_manager", "viewer", "auditor")
 
 PERMISSIONS = frozenset().union(*ROLES.values())
 

@@ -359,6 +359,9 @@ class Deployment(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What a resume accepted: {"<phase>": unsuccessful executions, "health": phase} that no
+    # longer count against the thresholds.
+    acknowledged: Mapped[dict[str, int]] = mapped_column(JSONType, default=dict)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -391,7 +394,8 @@ class Execution(Base):
     from_version: Mapped[str | None] = mapped_column(String(100))
     to_version: Mapped[str | None] = mapped_column(String(100))
     last_active: Mapped[str | None] = mapped_column(String(16))  # state before it ended
-    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # with jitter: future
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # last handed out
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

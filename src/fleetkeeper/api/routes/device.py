@@ -14,8 +14,17 @@ from fleetkeeper.api.device_auth import ActiveDeviceDep, DeviceDep, refuse, refu
 from fleetkeeper.errors import BadRequest, Forbidden, Unauthenticated
 from fleetkeeper.ids import uuid7
 from fleetkeeper.schemas.common import Input
+from fleetkeeper.schemas.deployments import JobAnswerOut, JobOut, JobReportIn
 from fleetkeeper.schemas.devices import Attributes, Location, Serial, Version
-from fleetkeeper.services import audit, commands, devices, identity, provisioning, telemetry
+from fleetkeeper.services import (
+    audit,
+    commands,
+    devices,
+    executions,
+    identity,
+    provisioning,
+    telemetry,
+)
 from fleetkeeper.services.context import Change
 from fleetkeeper.services.provisioning import device_principal
 from fleetkeeper.store.models import Device, DeviceLog
@@ -80,6 +89,9 @@ class CheckinOut(BaseModel):
     commands: list[CommandOut]
     next_checkin: int
     wipe: bool = False
+    jobs: list[JobOut] = Field(
+        default_factory=list, description="deployment executions to act on (docs/ota.md)"
+    )
 
 
 class ResultIn(Input):
@@ -216,6 +228,7 @@ async def checkin(
         if device.id in state.pending and not await request.is_disconnected():
             async with state.db.write() as session:
                 handed = await commands.deliver(session, device.id, now)
+                jobs = await executions.jobs_for(session, device.id, now)
             if len(handed) < commands.DELIVER_BATCH:
                 state.pending.discard(device.id)
             out = [
@@ -224,8 +237,13 @@ async def checkin(
                 )
                 for c in handed
             ]
-            if out:
-                return CheckinOut(state=device.state, commands=out, next_checkin=interval)
+            if out or jobs:
+                return CheckinOut(
+                    state=device.state,
+                    commands=out,
+                    next_checkin=interval,
+                    jobs=[JobOut.model_validate(j) for j in jobs],
+                )
         remaining = deadline - loop.time()
         if remaining <= 0:
             return CheckinOut(state=device.state, commands=[], next_checkin=interval)
@@ -257,6 +275,33 @@ async def command_result(
             tenant_id=device.tenant_id,
             after={"command": cmd.id, "name": cmd.name, "state": cmd.state},
         )
+
+
+@router.post(
+    "/jobs/{job_id}", response_model=JobAnswerOut, summary="Report a deployment job's progress"
+)
+async def job_report(
+    request: Request, state: StateDep, device: DeviceDep, job_id: str, body: JobReportIn
+) -> JobAnswerOut:
+    if device.state == "pending":
+        raise Forbidden("a pending device has no jobs", code="device_pending")
+    change = Change(
+        principal=device_principal(device), reason="reported by the device", clock=state.clock
+    )
+    async with state.db.write() as session:
+        execution, _, refused = await executions.report(
+            session, change, device, job_id, body.model_dump(), state.scheduler.rng
+        )
+        answer = JobAnswerOut(state=execution.state, cancel=execution.cancel_requested)
+    if isinstance(refused, executions.ImpossibleReport):
+        async with state.db.write() as session:
+            await executions.record_impossible(session, change, device, job_id, refused)
+        await refuse(state, request, refused, "invalid_transition", device.id, device.serial)
+    if refused is not None:
+        raise refused
+    if execution.state in ("succeeded", "failed", "rolled_back", "canceled", "queued"):
+        state.kick_scheduler()
+    return answer
 
 
 @router.post("/inventory", response_model=InventoryOut, summary="Report what the device is")

@@ -140,6 +140,7 @@ class Reason(StrEnum):
     ALREADY_INSTALLED = "already_installed"
     SUPERSEDED = "superseded"
     DEVICE_RETIRED = "device_retired"
+    DEVICE_INACTIVE = "device_inactive"
     ROLLBACK_UNAVAILABLE = "rollback_unavailable"
     COMMAND_FAILED = "command_failed"
 
