@@ -14,6 +14,7 @@ from fleetkeeper.cli import (
     agent,
     audit,
     demo,
+    deploy,
     devices,
     groups,
     lifecycle,  # noqa: F401 - adds its commands to `devices`
@@ -69,6 +70,7 @@ app.add_typer(groups.app, name="groups")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(users.users, name="users")
 app.add_typer(users.tenants, name="tenants")
+app.add_typer(deploy.app, name="deploy")
 app.add_typer(audit.app, name="audit")
 app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")

@@ -154,7 +154,11 @@ def failure_kind(state: State, reason: str | None, last_active: State | None) ->
         return "timed_out"
     if reason == Reason.PRECONDITION_FAILED:
         return "precondition"
-    if reason in DOWNLOAD_REASONS or last_active in (State.NOTIFIED, State.DOWNLOADING):
+    if reason in DOWNLOAD_REASONS:
+        return "download_failed"
+    # Without a reason that says otherwise, failing before the download finished is one.
+    unexplained = reason is None or reason == Reason.UPDATE_FAILED
+    if unexplained and last_active in (State.NOTIFIED, State.DOWNLOADING):
         return "download_failed"
     return "failed"
 
