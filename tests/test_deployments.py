@@ -56,7 +56,7 @@ async def test_a_failing_canary_aborts_and_rolls_back_when_asked(
     jobs = await f.jobs()
     (good, good_jobs), (bad, bad_jobs) = sorted(jobs.items())
     await install(f, good, good_jobs[0], "succeeded", version="2.0.0")
-    await install(f, bad, bad_jobs[0], "failed", reason="install_failed", version="1.0.0")
+    await install(f, bad, bad_jobs[0], "failed", reason="update_failed", version="1.0.0")
     await settle(f)
     d = await show(client, dep["id"])
     assert d["state"] == "aborted"
@@ -111,7 +111,12 @@ async def test_incompatible_devices_are_skipped_with_the_reason(
     await fleet(client, app, clock, 2, model="gateway-x", prefix="GW")
     await fleet(client, app, clock, 1, firmware="2.0.0", prefix="NEW")
     art = await artifact(client)
-    dep = await deploy(client, artifact_id=art["id"], target="", rollout=FAST)
+    dep = await deploy(
+        client,
+        artifact_id=art["id"],
+        target="model = thermo-v2 or model = gateway-x",
+        rollout=FAST,
+    )
     d = await show(client, dep["id"])
     assert d["total"] == 3
     assert d["skipped"] == {"incompatible_model": 2, "already_installed": 1}
@@ -224,7 +229,7 @@ async def test_an_impossible_report_is_refused_and_audited(
         await client.get("/api/v1/audit", params={"action": "execution.invalid_report"})
     ).json()
     assert len(audit["items"]) == 1
-    events = (await client.get("/api/v1/security/events")).json()["items"]
+    events = (await client.get("/api/v1/security-events")).json()["items"]
     assert any(e["kind"] == "invalid_transition" for e in events)
 
 
@@ -334,7 +339,8 @@ async def test_a_bulk_reboot_is_a_command_job(
     client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
 ) -> None:
     f = await fleet(client, app, clock, 2)
-    dep = await deploy(client, command={"name": "reboot", "args": {}}, rollout=FAST)
+    rollout = {**FAST, "phases": [100]}
+    dep = await deploy(client, command={"name": "reboot", "args": {}}, rollout=rollout)
     await settle(f)
     jobs = await f.jobs()
     assert len(jobs) == 2
