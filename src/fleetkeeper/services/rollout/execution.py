@@ -87,6 +87,9 @@ def _device_moves() -> dict[State, frozenset[State]]:
 
 # What a device may report, from each state.
 DEVICE_TRANSITIONS: dict[State, frozenset[State]] = _device_moves()
+# A device repeats the step it is in to report progress (`{"state": "downloading",
+# "progress": 42}`) or to resend a report whose answer it lost: not a move, but not refused.
+REPEATABLE = frozenset(PROGRESS) - {State.NOTIFIED}
 
 # What the server itself does.
 SERVER_TRANSITIONS: dict[State, frozenset[State]] = {
@@ -150,7 +153,7 @@ DOWNLOAD_REASONS = frozenset({Reason.CONNECTION_LOST, Reason.INVALID_URI})
 
 def failure_kind(state: State, reason: str | None, last_active: State | None) -> str:
     """The retry category of an unsuccessful execution (policy.retries[].on)."""
-    if state is State.TIMED_OUT:
+    if state == State.TIMED_OUT:
         return "timed_out"
     if reason == Reason.PRECONDITION_FAILED:
         return "precondition"
@@ -171,7 +174,7 @@ class TransitionError(ValueError):
 
 
 def device_may(current: State, wanted: State) -> bool:
-    return wanted in DEVICE_TRANSITIONS[current]
+    return wanted in DEVICE_TRANSITIONS[current] or (wanted == current and current in REPEATABLE)
 
 
 def check_device_move(current: str, wanted: str) -> State:
@@ -186,7 +189,10 @@ def check_device_move(current: str, wanted: str) -> State:
 
 
 def check_server_move(current: str, wanted: State) -> State:
-    src = State(current)
+    try:
+        src = State(current)
+    except ValueError:
+        raise TransitionError(current, wanted) from None
     if wanted not in SERVER_TRANSITIONS[src]:
         raise TransitionError(current, wanted)
     return wanted

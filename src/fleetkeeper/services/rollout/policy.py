@@ -11,10 +11,10 @@ and is stored normalised (`RolloutPolicy.model_dump(mode="json")`) with the depl
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -22,6 +22,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 def parse_duration(value: object) -> object:
     """`90`, `"90s"`, `"15m"`, `"2h"`, `"1d"` → seconds; anything else is left to pydantic."""
+    if isinstance(value, bool):  # pydantic would take true for 1 s
+        raise ValueError(f"{value!r} is not a duration (e.g. 90, 90s, 15m, 2h, 1d)")
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
@@ -108,7 +110,7 @@ def _default_retries() -> list[Retry]:
 
 
 class AbortCriterion(_Part):
-    """Act when at least `threshold` % of the executed devices of a phase failed this way."""
+    """Act when more than `threshold` % of the executed devices of a phase failed this way."""
 
     failure: str = Field(default="any", description="any, a failure kind, or a reason code")
     threshold: Percent = 10
@@ -137,6 +139,14 @@ class Schedule(_Part):
         description="device attribute holding the device's own window ({cron, duration, "
         "timezone}); a device must be inside it as well",
     )
+
+    @field_validator("start_at", "end_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A time without an offset is UTC; naive and aware times cannot even be compared.
+        if value is not None and value.utcoffset() is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> Schedule:
