@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import re
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,28 @@ def inventory(config: AgentConfig, found: dict[str, Any]) -> dict[str, Any]:
         "hardware_revision": config.hardware_revision or hardware_revision(),
         "attributes": {**found, **config.attributes},
     }
+
+
+def battery() -> tuple[float, bool | None] | None:
+    """The battery's charge (%) and whether the machine is on power; None without a battery."""
+    sensors = getattr(psutil, "sensors_battery", None)
+    try:
+        found = sensors() if sensors else None
+    except (OSError, RuntimeError):  # a sysfs node that vanished or cannot be read
+        return None
+    if found is None:
+        return None
+    plugged = found.power_plugged
+    return float(found.percent), (bool(plugged) if plugged is not None else None)
+
+
+def free_storage(path: Path) -> int | None:
+    """Bytes free on the file system holding `path` (or its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None

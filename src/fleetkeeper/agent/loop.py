@@ -1,9 +1,11 @@
-"""The agent: enrol once, then check in, run commands, and send inventory and telemetry.
+"""The agent: enrol once, then check in, run commands and jobs, send inventory and telemetry.
 
-Three loops run side by side, sharing one `DeviceClient` (and so one access token):
+Four loops run side by side, sharing one `DeviceClient` (and so one access token):
 
-- check-in: long-polls the server and queues the commands it hands out;
+- check-in: long-polls the server and queues the commands and jobs it hands out;
 - commands: runs queued commands one at a time, oldest first, and reports each outcome;
+- jobs: works on deployment jobs (updates, rollbacks, bulk commands) one at a time, through
+  `agent.update`, and reports the inventory again after each (the firmware may have changed);
 - telemetry: samples the machine every `telemetry_interval`, keeps the points in the on-disk
   queue, and sends the queue (and the inventory, when it changed) whenever the server takes it.
 
@@ -32,6 +34,7 @@ from fleetkeeper.agent.config import AgentConfig
 from fleetkeeper.agent.enrolment import EnrollOptions, EnrolmentFailed, enroll
 from fleetkeeper.agent.metrics import MetricsCollector
 from fleetkeeper.agent.state import Identity, StateDir, StateError
+from fleetkeeper.agent.update import SlotHandler, UpdateState, UpdateWorker, build_slots
 from fleetkeeper.clock import Clock, SystemClock
 from fleetkeeper.protocol.backoff import Backoff, Sleep
 from fleetkeeper.protocol.client import MAX_POINTS, DeviceClient
@@ -79,6 +82,7 @@ class Agent:
         collector: MetricsCollector | None = None,
         runner: CommandRunner | None = None,
         facts: Callable[[], dict[str, Any]] = hardware.facts,
+        slots: SlotHandler | None = None,
     ) -> None:
         self.server = server
         self.state = state
@@ -93,6 +97,7 @@ class Agent:
         self._sleep = sleep
         self._monotonic = monotonic
         rng = rng or random.Random()
+        self._rng = rng
         self._checkin_backoff = Backoff(sleep=sleep, rng=rng)
         self._report_backoff = Backoff(sleep=sleep, rng=rng)
         self._collector = collector or MetricsCollector(clock=lambda: self.clock.now().timestamp())
@@ -104,6 +109,9 @@ class Agent:
         self._stop = asyncio.Event()
         self._client: DeviceClient | None = None
         self._queue: TelemetryQueue | None = None
+        self._slots = slots  # None: what the config's [update] table asks for
+        self._updates: UpdateWorker | None = None
+        self._command_running = False
 
     @property
     def client(self) -> DeviceClient:
@@ -114,6 +122,16 @@ class Agent:
     def queue(self) -> TelemetryQueue:
         assert self._queue is not None, "start() first"
         return self._queue
+
+    @property
+    def updates(self) -> UpdateWorker:
+        assert self._updates is not None, "start() first"
+        return self._updates
+
+    @property
+    def busy(self) -> bool:
+        """A command or a job is under way."""
+        return self._command_running or (self._updates is not None and self._updates.busy)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -138,7 +156,7 @@ class Agent:
 
     async def _main(self) -> None:
         await self.start()
-        loops = [self.checkin_loop(), self.command_loop(), self.telemetry_loop()]
+        loops = [self.checkin_loop(), self.command_loop(), self.job_loop(), self.telemetry_loop()]
         tasks = [asyncio.ensure_future(loop) for loop in loops]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -163,6 +181,20 @@ class Agent:
         self._client = DeviceClient(
             self.server, key, identity.device_id if identity else None, transport=self._transport
         )
+        self._updates = UpdateWorker(
+            self._client,
+            self.state.path,
+            self.config,
+            slots=self._slots or build_slots(self.config, self.state.path),
+            runner=self._runner,
+            connectivity=self.connectivity,
+            clock=self.clock,
+            sleep=self._sleep,
+            monotonic=self._monotonic,
+            rng=self._rng,
+            busy=lambda: self._command_running,
+        )
+        await self._updates.start()  # a boot: the job it interrupted, if any, carries on
         if identity is None:
             identity = await self.enroll()
         self.identity = identity
@@ -197,7 +229,10 @@ class Agent:
     # --- enrolment ----------------------------------------------------------------------
 
     def inventory(self) -> dict[str, Any]:
-        return hardware.inventory(self.config, self._facts())
+        found = hardware.inventory(self.config, self._facts())
+        if self._updates is not None and self._updates.running_version:
+            found["firmware_version"] = self._updates.running_version  # the active slot's
+        return found
 
     async def enroll(self) -> Identity:
         inventory = self.inventory()
@@ -229,6 +264,8 @@ class Agent:
         self._set_state(result.state)
         for command in result.commands:
             self.commands.put_nowait(command)
+        if self._updates is not None:
+            self._updates.offer(result.jobs)
         return result
 
     async def checkin_loop(self) -> None:
@@ -278,7 +315,11 @@ class Agent:
     async def run_next_command(self) -> Outcome:
         command = await self.commands.get()
         log.info("running command %s (%s)", command.name, command.id)
-        outcome = await self._runner.run(command)
+        self._command_running = True
+        try:
+            outcome = await self._runner.run(command)
+        finally:
+            self._command_running = False
         await self.report(command, outcome)
         return outcome
 
@@ -314,6 +355,19 @@ class Agent:
                 log.info("command %s (%s) %s", command.name, command.id, outcome.state)
             backoff.reset()
             return
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    async def job_loop(self) -> None:
+        while True:
+            await self.run_next_job()
+
+    async def run_next_job(self) -> UpdateState:
+        """Work on the next job to its end, then report the inventory (the firmware it runs)."""
+        final = await self.updates.run_next()
+        if self.may_send:
+            await self.report_inventory()
+        return final
 
     # --- telemetry and inventory --------------------------------------------------------
 

@@ -3,6 +3,9 @@
     device.key        the Ed25519 private key (0600, made on first start)
     identity.json     device_id, serial, model, certificate (written once enrolment succeeded)
     telemetry.sqlite3 the telemetry queue (and its -wal / -shm companions)
+    update/           the job under way, finished jobs, pinned release keys, downloads
+                      (agent/update/journal.py)
+    slots/            the directory install handler's slots, unless [update] slots_dir says
 
 identity.json present means enrolled: the agent authenticates with its key and never enrols
 again, whatever happens to the server in between.

@@ -276,10 +276,25 @@ class DeviceClient:
     ) -> Download:
         """Stream an artifact from byte `offset` (resume), handing each chunk to `write`.
 
-        `url` is the job's `artifact.url` (a path under the server, or absolute). Returns the
-        integrity headers the server sent; checking them is the caller's job.
+        `url` is the job's `artifact.url` (a path under the server, or absolute). `write` only
+        ever sees bytes from `offset` on: when the server (or a proxy) ignores the Range and
+        sends the whole artifact, the first `offset` bytes are skipped here (`resumed` is then
+        False). Returns the integrity headers the server sent; checking them is the caller's job.
         """
         token = self._token if self.has_token else await self._token_for_request()
+        assert token is not None
+        try:
+            return await self._stream(url, token, write, offset)
+        except AuthenticationFailed as exc:
+            if exc.code not in RETRY_ON:
+                raise
+        # Nothing was written yet: the status comes before the body.
+        token = await self._token_for_request(stale=token)
+        return await self._stream(url, token, write, offset)
+
+    async def _stream(
+        self, url: str, token: str, write: Callable[[bytes], object], offset: int
+    ) -> Download:
         target = url if "://" in url else f"{self.server}{url}"
         headers = {"Authorization": f"Bearer {token}"}
         if offset > 0:
@@ -289,13 +304,20 @@ class DeviceClient:
                 "GET", target, headers=headers, timeout=httpx.Timeout(self.timeout, connect=10.0)
             ) as response:
                 if response.status_code == 416:
-                    return _download(response, offset, resumed=True)
+                    return _download(response, 0, resumed=True)
                 if not response.is_success:
                     await response.aread()
                     self._raise_for(response)
                 resumed = response.status_code == 206
+                skip = 0 if resumed else offset
                 received = 0
                 async for chunk in response.aiter_bytes():
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        skip -= dropped
+                        chunk = chunk[dropped:]
+                        if not chunk:
+                            continue
                     write(chunk)
                     received += len(chunk)
                 return _download(response, received, resumed=resumed)
@@ -397,7 +419,7 @@ class DeviceClient:
 class Download:
     """What a download brought: bytes received and the server's integrity headers."""
 
-    received: int
+    received: int  # bytes handed to `write` by this call
     resumed: bool  # the server honoured the Range (206), or there was nothing left (416)
     sha256: str | None
     signature: str | None

@@ -163,8 +163,10 @@ async def report(
         )
     if reason is not None and reason not in REASONS:
         raise Invalid(f"unknown reason {reason!r}", field="reason", code="invalid")
-    if execution.state == State.ROLLING_BACK and wanted == State.SUCCEEDED:
-        wanted = State.ROLLED_BACK  # a device may say "done" for a rollback
+    if execution.state == State.ROLLING_BACK and wanted in (State.SUCCEEDED, State.ROLLED_BACK):
+        # A rollback job done: "succeeded" from a device means the same.
+        wanted = State.ROLLED_BACK
+        reason = reason or Reason.ROLLBACK_REQUESTED
     try:
         new = check_device_move(execution.state, wanted)
     except TransitionError as exc:

@@ -145,6 +145,7 @@ class Reason(StrEnum):
     DEVICE_RETIRED = "device_retired"
     DEVICE_INACTIVE = "device_inactive"
     ROLLBACK_UNAVAILABLE = "rollback_unavailable"
+    ROLLBACK_REQUESTED = "rollback_requested"  # an operator's or an abort's rollback, done
     COMMAND_FAILED = "command_failed"
 
 
