@@ -447,6 +447,14 @@ def test_a_phase_that_can_no_longer_reach_its_threshold_pauses() -> None:
     assert result.rollout.reason is not None and "cannot reach" in result.rollout.reason
 
 
+def test_a_last_phase_below_its_success_threshold_finishes_when_nothing_is_left() -> None:
+    pol = policy(phases=[100], error_threshold=50)
+    result = plan(snap(pol, phase(10, succeeded=8, failed=2)), at(5))
+    assert result.rollout.state == FINISHED
+    assert result.rollout.reason == "finished below the success threshold"
+    assert result.events[-1].detail["threshold_met"] is False
+
+
 # --- pacing ------------------------------------------------------------------------------------
 
 STARTING = RolloutState(phase_started_at=T0)

@@ -196,12 +196,19 @@ def _run(tick: _Tick, snapshot: Snapshot, now: datetime) -> Plan:
     started = _advance(tick, snapshot, now)
     current = tick.rollout.phase
     counts = snapshot.phases[current]
-    if current == len(policy.phases) - 1 and _done(policy, current, counts):
-        if _over(snapshot):
-            tick.update(state=FINISHED, reason=None, last_tick_at=now)
-            tick.emit("finished", succeeded=snapshot.succeeded_total)
-            return tick.plan()
-    elif _stalled(snapshot, current):
+    last = current == len(policy.phases) - 1
+    # The success threshold gates the next phase; after the last one there is none to gate, so
+    # a last phase with nothing left to run finishes (its failures stayed under error_threshold).
+    if last and _over(snapshot):
+        met = _done(policy, current, counts)
+        tick.update(
+            state=FINISHED,
+            reason=None if met else "finished below the success threshold",
+            last_tick_at=now,
+        )
+        tick.emit("finished", succeeded=snapshot.succeeded_total, threshold_met=met)
+        return tick.plan()
+    if not last and _stalled(snapshot, current):
         return _stall(tick, policy, current, counts, now)
     return _pace(tick, snapshot, now, phase_started=started)
 
