@@ -438,14 +438,27 @@ def test_version() -> None:
     assert (result.exit_code, result.stdout.strip()) == (0, f"fleetkeeper {__version__}")
 
 
+# Commands that work on local files only and never reach a server.
+LOCAL_COMMANDS = {("artifacts", "keygen"), ("artifacts", "sign")}
+
+
 def test_every_management_command_takes_server_token_and_json() -> None:
     import typer.main
 
+    def leaves(command: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            yield path, command
+            return
+        for name, sub in subcommands.items():
+            yield from leaves(sub, (*path, name))
+
     root = typer.main.get_command(cli)
     for group_name, group in getattr(root, "commands", {}).items():
-        for name, command in getattr(group, "commands", {}).items():
+        if group_name == "db" or not hasattr(group, "commands"):
+            continue
+        for path, command in leaves(group, (group_name,)):
             options = {opt for param in command.params for opt in param.opts}
-            if group_name == "db":
-                continue
-            assert {"--server", "--token"} <= options, f"{group_name} {name}"
-            assert name == "delete" or "--json" in options, f"{group_name} {name}"
+            if path not in LOCAL_COMMANDS:
+                assert {"--server", "--token"} <= options, " ".join(path)
+            assert path[-1] == "delete" or "--json" in options, " ".join(path)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(
         default=64 * 1_048_576, description="Largest bulk-import body accepted (bytes)."
     )
+    max_artifact_bytes: int = Field(
+        default=2 * 1024**3, description="Largest artifact that may be uploaded (bytes)."
+    )
     device_max_body_bytes: int = Field(
         default=262_144, description="Largest request body on the device API (bytes)."
     )

@@ -18,9 +18,11 @@ from fleetkeeper import __version__
 from fleetkeeper.api import problems
 from fleetkeeper.api.middleware import BodyLimit, RequestContext
 from fleetkeeper.api.routes import (
+    artifacts,
     audit,
     deployments,
     device,
+    device_artifacts,
     devices,
     groups,
     lifecycle,
@@ -36,7 +38,9 @@ from fleetkeeper.services.bootstrap import bootstrap
 from fleetkeeper.services.context import SYSTEM, Change
 from fleetkeeper.services.identity import load_server_keys
 from fleetkeeper.services.ratelimit import RateLimiter
+from fleetkeeper.services.release_keys import load_server_key
 from fleetkeeper.settings import Settings
+from fleetkeeper.store.artifacts import LocalArtifactStore
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.indexes import ensure_attribute_indexes, parse_keys
 from fleetkeeper.store.migrate import upgrade
@@ -92,14 +96,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         await upgrade(url)
         db = Database(url)
         await ensure_attribute_indexes(db, parse_keys(settings.indexed_attributes))
+        start = Change(principal=SYSTEM, reason="server start", clock=clock)
         async with db.write() as session:
             result = await bootstrap(
                 session,
-                Change(principal=SYSTEM, reason="server start", clock=clock),
+                start,
                 admin_token=settings.admin_token,
                 admin_password=settings.admin_password,
             )
             keys = await load_server_keys(session, clock.now())
+            release_key = await load_server_key(session, start)
+        artifact_store = LocalArtifactStore(settings.data_dir / "artifacts")
+        await asyncio.to_thread(artifact_store.sweep_incoming)
         state = AppState(
             settings=settings,
             db=db,
@@ -108,6 +116,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             limiter=RateLimiter(
                 clock, rate=settings.device_rate_per_second, burst=settings.device_rate_burst
             ),
+            artifacts=artifact_store,
+            release_key=release_key,
         )
         app.state.fleetkeeper = state
         app.state.new_admin_token = result.new_admin_token
@@ -158,6 +168,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         users.router,
         deployments.router,
         device.router,
+        artifacts.router,
+        device_artifacts.router,
     ):
         app.include_router(router)
 
@@ -179,6 +191,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         default=settings.max_body_bytes,
         by_prefix=[
             ("/api/v1/devices/import", settings.max_import_bytes),
+            # The file streams into the artifact store; the rest is a few form fields.
+            ("/api/v1/artifacts", settings.max_artifact_bytes + settings.max_body_bytes),
             ("/device/v1/logs", settings.device_max_log_bytes),
             ("/device/v1/", settings.device_max_body_bytes),
         ],

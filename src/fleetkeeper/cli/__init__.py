@@ -12,6 +12,7 @@ import typer
 from fleetkeeper import __version__
 from fleetkeeper.cli import (
     agent,
+    artifacts,
     audit,
     demo,
     deploy,
@@ -71,6 +72,7 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(users.users, name="users")
 app.add_typer(users.tenants, name="tenants")
 app.add_typer(deploy.app, name="deploy")
+app.add_typer(artifacts.app, name="artifacts")
 app.add_typer(audit.app, name="audit")
 app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import quote
 
 import httpx
@@ -114,8 +114,12 @@ class ApiClient:
         json: Any = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
+        files: Mapping[str, tuple[str, BinaryIO, str]] | None = None,
     ) -> Any:
-        """The parsed JSON answer (None for an empty one); ServerError for 4xx and 5xx."""
+        """The parsed JSON answer (None for an empty one); ServerError for 4xx and 5xx.
+
+        `data` and `files` make a multipart/form-data body; files stream from their handles."""
         all_headers = {"Accept": "application/json", **(headers or {})}
         if self._token:
             all_headers["Authorization"] = f"Bearer {self._token}"
@@ -127,6 +131,8 @@ class ApiClient:
                 json=json,
                 content=content,
                 headers=all_headers,
+                data=data,
+                files=files,
             )
         except httpx.ConnectError as exc:
             raise Unreachable(self.server, _connect_reason(exc)) from None

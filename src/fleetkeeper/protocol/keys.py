@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import secrets
 import stat
@@ -20,6 +21,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 class KeyFileError(Exception):
     """A key file that is missing, unreadable, too open or not an Ed25519 key."""
+
+
+def release_key_id(raw_public_key: bytes) -> str:
+    """A release key's id: the first 16 hex digits of the sha256 of its 32 raw bytes."""
+    return hashlib.sha256(raw_public_key).hexdigest()[:16]
+
+
+def artifact_message(sha256: str, version: str) -> bytes:
+    """What a release key signs for an artifact (docs/ota.md, "Signatures")."""
+    return f"artifact:{sha256}:{version}".encode("ascii", errors="replace")
 
 
 def generate_key() -> Ed25519PrivateKey:

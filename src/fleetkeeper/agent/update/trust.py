@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -24,19 +23,12 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fleetkeeper.protocol.keys import write_private
+from fleetkeeper.protocol.keys import artifact_message, write_private
+from fleetkeeper.protocol.keys import release_key_id as key_id
 from fleetkeeper.protocol.messages import ArtifactRef, ReleaseKey
 
 log = logging.getLogger("fleetkeeper.agent.update")
 PIN_FILE = "release-keys.json"
-
-
-def key_id(raw_public_key: bytes) -> str:
-    return hashlib.sha256(raw_public_key).hexdigest()[:16]
-
-
-def signed_message(sha256: str, version: str) -> bytes:
-    return f"artifact:{sha256}:{version}".encode("ascii", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -66,7 +58,7 @@ def check_signature(artifact: ArtifactRef, keys: Mapping[str, TrustedKey]) -> st
     try:
         signature = base64.b64decode(artifact.signature, validate=True)
         public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public_key))
-        public.verify(signature, signed_message(artifact.sha256, artifact.version))
+        public.verify(signature, artifact_message(artifact.sha256, artifact.version))
     except (binascii.Error, ValueError, InvalidSignature):
         return (
             f"the signature of {artifact.name or 'the artifact'} {artifact.version} does not "
