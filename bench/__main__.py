@@ -3,8 +3,9 @@
 Scenarios: fleet-query (with fleet-aggregate), bulk-import, each beside the bare database doing
 the same work; checkin, beside a bare endpoint of the same server; longpoll, memory held by
 10,000 open long-polls beside the idle server; simulator, memory of `fleetkeeper simulate`
-with 10,000 devices beside the same simulator with one. Each is reported as a ratio; results go to
-bench/results/*.json and the table in docs/performance.md.
+with 10,000 devices beside the same simulator with one; rollout, a four-phase rollout to
+10,000 emulated devices beside the policy's own pacing replayed through the planner. Each is
+reported as a ratio; results go to bench/results/*.json and the table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import json
 import sys
 from dataclasses import asdict
 
-from bench import device, inventory, sim
+from bench import device, inventory, rollout, sim
 from bench.databases import DEFAULT_PG
 from bench.harness import Result, save
 from bench.report import update_doc
 
-SCENARIOS = ("fleet-query", "bulk-import", "checkin", "longpoll", "simulator")
+SCENARIOS = ("fleet-query", "bulk-import", "checkin", "longpoll", "rollout", "simulator")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "longpoll" in chosen:
             results += device.longpoll(kind, 1_000 if args.quick else 10_000, args.pg_url)
+        if "rollout" in chosen:
+            results += rollout.rollout(
+                kind,
+                1_000 if args.quick else 10_000,
+                args.pg_url,
+                checkin=15 if args.quick else 60,
+            )
     if "simulator" in chosen:  # no database: the simulator runs against a stand-in server
         results += sim.simulator(
             2_000 if args.quick else 10_000, duration=70 if args.quick else 110

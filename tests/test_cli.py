@@ -29,9 +29,14 @@ from fleetkeeper.clock import FakeClock
 from fleetkeeper.settings import Settings
 from fleetkeeper.store.db import Database
 
-ENV = {"FLEETKEEPER_TOKEN": ADMIN_TOKEN, "FLEETKEEPER_SERVER": None,
-       "FLEETKEEPER_DATABASE_URL": None, "FLEETKEEPER_DATA_DIR": None,
-       "COLUMNS": "200", "NO_COLOR": "1"}
+ENV = {
+    "FLEETKEEPER_TOKEN": ADMIN_TOKEN,
+    "FLEETKEEPER_SERVER": None,
+    "FLEETKEEPER_DATABASE_URL": None,
+    "FLEETKEEPER_DATA_DIR": None,
+    "COLUMNS": "200",
+    "NO_COLOR": "1",
+}
 
 
 def run(*args: str, token: str | None = ADMIN_TOKEN) -> Result:
@@ -58,13 +63,15 @@ class PortalTransport(httpx.BaseTransport):
     async def _send(self, request: httpx.Request) -> httpx.Response:
         response = await self._asgi.handle_async_request(request)
         body = await response.aread()
-        return httpx.Response(response.status_code, headers=response.headers, content=body,
-                              request=request)
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=body, request=request
+        )
 
 
 @pytest.fixture
-def servers(settings: Settings, clock: FakeClock, db: Database,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def servers(
+    settings: Settings, clock: FakeClock, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[str]]:
     """A started app the CLI talks to; yields the server URLs the CLI asked for."""
     from fleetkeeper.api.app import create_app
 
@@ -73,11 +80,14 @@ def servers(settings: Settings, clock: FakeClock, db: Database,
 
     def open_http(server: str) -> httpx.Client:
         asked.append(server)
-        return httpx.Client(transport=PortalTransport(application, portal),
-                            base_url="http://fleetkeeper.test")
+        return httpx.Client(
+            transport=PortalTransport(application, portal), base_url="http://fleetkeeper.test"
+        )
 
-    with (anyio.from_thread.start_blocking_portal() as portal,
-          portal.wrap_async_context_manager(application.router.lifespan_context(application))):
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(application.router.lifespan_context(application)),
+    ):
         monkeypatch.setattr(client, "open_http", open_http)
         yield asked
 
@@ -90,8 +100,9 @@ def thermo(servers: list[str]) -> dict[str, Any]:
 
 
 def new_device(serial: str, *options: str) -> dict[str, Any]:
-    device: dict[str, Any] = ok("devices", "create", "--serial", serial, "--model", "thermo-v2",
-                                *options)
+    device: dict[str, Any] = ok(
+        "devices", "create", "--serial", serial, "--model", "thermo-v2", *options
+    )
     return device
 
 
@@ -103,8 +114,19 @@ def serials(page: dict[str, Any]) -> list[str]:
 
 
 def test_created_device_is_shown_by_id(thermo: dict[str, Any]) -> None:
-    created = new_device("SN-1", "--name", "Hall", "--firmware", "1.4.2", "--tag", "pilot",
-                         "--lat", "52.5", "--lon", "13.4")
+    created = new_device(
+        "SN-1",
+        "--name",
+        "Hall",
+        "--firmware",
+        "1.4.2",
+        "--tag",
+        "pilot",
+        "--lat",
+        "52.5",
+        "--lon",
+        "13.4",
+    )
     shown = ok("devices", "show", created["id"])
     assert shown == created
     assert (shown["name"], shown["firmware_version"], shown["tags"]) == ("Hall", "1.4.2", ["pilot"])
@@ -112,10 +134,18 @@ def test_created_device_is_shown_by_id(thermo: dict[str, Any]) -> None:
 
 
 def test_attribute_values_read_as_json_where_they_parse(thermo: dict[str, Any]) -> None:
-    device = new_device("SN-1", "--attr", "floor=3", "--attr", "indoor=true",
-                        "--attr", "site=berlin-1", "--attr", "code=007")
-    assert device["attributes"] == {"floor": 3, "indoor": True, "site": "berlin-1",
-                                    "code": "007"}
+    device = new_device(
+        "SN-1",
+        "--attr",
+        "floor=3",
+        "--attr",
+        "indoor=true",
+        "--attr",
+        "site=berlin-1",
+        "--attr",
+        "code=007",
+    )
+    assert device["attributes"] == {"floor": 3, "indoor": True, "site": "berlin-1", "code": "007"}
 
 
 def test_list_filters_by_fleet_query(thermo: dict[str, Any]) -> None:
@@ -147,8 +177,21 @@ def test_list_of_one_page_hints_at_the_next_on_stderr(thermo: dict[str, Any]) ->
 
 def test_update_merges_attributes_and_replaces_tags(thermo: dict[str, Any]) -> None:
     device = new_device("SN-1", "--attr", "site=berlin-1", "--attr", "floor=3", "--tag", "a")
-    updated = ok("devices", "update", device["id"], "--attr", "floor=4",
-                 "--remove-attr", "site", "--tag", "b", "--tag", "c", "--reason", "moved")
+    updated = ok(
+        "devices",
+        "update",
+        device["id"],
+        "--attr",
+        "floor=4",
+        "--remove-attr",
+        "site",
+        "--tag",
+        "b",
+        "--tag",
+        "c",
+        "--reason",
+        "moved",
+    )
     assert updated["attributes"] == {"floor": 4}
     assert updated["tags"] == ["b", "c"]
     records = ok("audit", "list", "--action", "device.update")["items"]
@@ -172,9 +215,11 @@ def test_delete_removes_the_device_with_its_reason(thermo: dict[str, Any]) -> No
 
 def test_import_csv_registers_every_row(thermo: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "fleet.csv"
-    path.write_text("serial,model,firmware_version,tags,attributes.site\n"
-                    "SN-1,thermo-v2,1.4.2,pilot;north,berlin-1\n"
-                    "SN-2,thermo-v2,1.5.0,,hamburg\n")
+    path.write_text(
+        "serial,model,firmware_version,tags,attributes.site\n"
+        "SN-1,thermo-v2,1.4.2,pilot;north,berlin-1\n"
+        "SN-2,thermo-v2,1.5.0,,hamburg\n"
+    )
     assert ok("devices", "import", str(path), "--reason", "first batch") == {"created": 2}
     page = ok("devices", "list", "-q", "attributes.site = berlin-1")
     assert serials(page) == ["SN-1"]
@@ -195,14 +240,16 @@ def test_import_with_a_bad_row_exits_1_and_names_the_row(
     result = run("devices", "import", str(path))
     assert result.exit_code == 1
     assert "Invalid input" in result.stderr
-    cells = next(line.split("│") for line in result.stderr.splitlines()
-                 if "│" in line and "no-such-model" in line)
+    cells = next(
+        line.split("│")
+        for line in result.stderr.splitlines()
+        if "│" in line and "no-such-model" in line
+    )
     assert [c.strip() for c in cells[1:3]] == ["2", "model"]
     assert ok("devices", "list")["items"] == []  # all or nothing
 
 
-def test_import_of_an_unknown_extension_asks_for_format(servers: list[str],
-                                                       tmp_path: Path) -> None:
+def test_import_of_an_unknown_extension_asks_for_format(servers: list[str], tmp_path: Path) -> None:
     path = tmp_path / "fleet.txt"
     path.write_text("serial,model\n")
     result = run("devices", "import", str(path))
@@ -247,13 +294,21 @@ def test_dynamic_group_follows_its_query(thermo: dict[str, Any]) -> None:
     assert ok("groups", "list")["items"] == []
 
 
-def test_model_takes_a_config_schema_file_and_updates(servers: list[str],
-                                                      tmp_path: Path) -> None:
+def test_model_takes_a_config_schema_file_and_updates(servers: list[str], tmp_path: Path) -> None:
     schema = {"type": "object", "properties": {"interval": {"type": "integer"}}}
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(schema))
-    created = ok("models", "create", "gw-1", "--config-schema", str(path),
-                 "--capability", "ota", "--capability", "mqtt")
+    created = ok(
+        "models",
+        "create",
+        "gw-1",
+        "--config-schema",
+        str(path),
+        "--capability",
+        "ota",
+        "--capability",
+        "mqtt",
+    )
     assert (created["config_schema"], created["capabilities"]) == (schema, ["ota", "mqtt"])
     ok("models", "update", "gw-1", "--description", "gateway", "--reason", "docs")
     assert ok("models", "show", "gw-1")["description"] == "gateway"
@@ -290,8 +345,17 @@ def test_role_without_permission_is_reported_as_forbidden(thermo: dict[str, Any]
 def test_users_and_tenants_are_created_and_listed(servers: list[str]) -> None:
     ok("tenants", "create", "acme", "--name", "Acme Corp")
     assert "acme" in [t["id"] for t in ok("tenants", "list")["items"]]
-    user = ok("users", "create", "olga", "--role", "operator", "--tenant", "acme",
-              "--password", "correct horse battery")
+    user = ok(
+        "users",
+        "create",
+        "olga",
+        "--role",
+        "operator",
+        "--tenant",
+        "acme",
+        "--password",
+        "correct horse battery",
+    )
     assert (user["role"], user["tenant"]) == ("operator", "acme")
     changed = ok("users", "update", "olga", "--disable", "--reason", "left")
     assert changed["disabled"] is True
@@ -313,21 +377,28 @@ def test_audit_verify_through_the_server(thermo: dict[str, Any]) -> None:
     assert result["ok"] is True and result["checked"] >= 1
 
 
-def test_audit_verify_straight_in_the_database(thermo: dict[str, Any],
-                                              settings: Settings) -> None:
+def test_audit_verify_straight_in_the_database(thermo: dict[str, Any], settings: Settings) -> None:
     url = settings.resolved_database_url()
     through_server = ok("audit", "verify")
     assert ok("audit", "verify", "--database-url", url) == through_server
 
 
-def test_audit_verify_names_the_first_broken_record(thermo: dict[str, Any],
-                                                   settings: Settings) -> None:
+def test_audit_verify_names_the_first_broken_record(
+    thermo: dict[str, Any], settings: Settings
+) -> None:
     new_device("SN-1")
     record_id = ok("audit", "list", "--action", "device.create")["items"][0]["id"]
-    asyncio.run(_execute(settings.resolved_database_url(),
-                         "UPDATE audit_log SET reason = 'forged' WHERE id = :id", id=record_id))
-    for args in (["audit", "verify"],
-                 ["audit", "verify", "--database-url", settings.resolved_database_url()]):
+    asyncio.run(
+        _execute(
+            settings.resolved_database_url(),
+            "UPDATE audit_log SET reason = 'forged' WHERE id = :id",
+            id=record_id,
+        )
+    )
+    for args in (
+        ["audit", "verify"],
+        ["audit", "verify", "--database-url", settings.resolved_database_url()],
+    ):
         result = run(*args)
         assert result.exit_code == 1
         assert f"broken at record {record_id}" in result.stderr
@@ -347,9 +418,16 @@ async def _execute(url: str, sql: str, **params: Any) -> None:
 
 def test_json_output_is_nothing_but_json(thermo: dict[str, Any]) -> None:
     new_device("SN-1")
-    for command in (["devices", "list"], ["models", "list"], ["groups", "list"],
-                    ["tokens", "list"], ["users", "list"], ["tenants", "list"],
-                    ["audit", "list"], ["models", "show", "thermo-v2"]):
+    for command in (
+        ["devices", "list"],
+        ["models", "list"],
+        ["groups", "list"],
+        ["tokens", "list"],
+        ["users", "list"],
+        ["tenants", "list"],
+        ["audit", "list"],
+        ["models", "show", "thermo-v2"],
+    ):
         result = run(*command, "--json")
         assert result.exit_code == 0, (command, result.output)
         assert isinstance(json.loads(result.stdout), dict), command
@@ -371,8 +449,9 @@ def test_command_server_option_wins_over_the_root_one(servers: list[str]) -> Non
 
 
 def test_server_comes_from_the_environment(servers: list[str]) -> None:
-    CliRunner().invoke(cli, ["models", "list"],
-                       env={**ENV, "FLEETKEEPER_SERVER": "http://env.example"})
+    CliRunner().invoke(
+        cli, ["models", "list"], env={**ENV, "FLEETKEEPER_SERVER": "http://env.example"}
+    )
     assert servers == ["http://env.example"]
 
 
@@ -395,21 +474,25 @@ def test_per_field_errors_are_listed(thermo: dict[str, Any]) -> None:
     assert "serial" in result.stderr and "Invalid input" in result.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["devices", "list", "--no-such-option"],
-    ["devices", "create", "--serial", "SN-1"],
-    ["devices", "create", "--serial", "SN-1", "--model", "m", "--attr", "novalue"],
-    ["devices", "create", "--serial", "SN-1", "--model", "m", "--lat", "1"],
-    ["devices", "list", "--limit", "0"],
-    ["no-such-command"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["devices", "list", "--no-such-option"],
+        ["devices", "create", "--serial", "SN-1"],
+        ["devices", "create", "--serial", "SN-1", "--model", "m", "--attr", "novalue"],
+        ["devices", "create", "--serial", "SN-1", "--model", "m", "--lat", "1"],
+        ["devices", "list", "--limit", "0"],
+        ["no-such-command"],
+    ],
+)
 def test_usage_errors_exit_2(args: list[str]) -> None:
     assert run(*args).exit_code == 2
 
 
 def test_unreachable_server_is_one_clear_line() -> None:
-    result = CliRunner().invoke(cli, ["--server", "http://127.0.0.1:9", "devices", "list"],
-                                env={**ENV, "COLUMNS": "40"})
+    result = CliRunner().invoke(
+        cli, ["--server", "http://127.0.0.1:9", "devices", "list"], env={**ENV, "COLUMNS": "40"}
+    )
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
     assert "cannot reach the Fleetkeeper server at http://127.0.0.1:9" in line

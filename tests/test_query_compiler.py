@@ -65,20 +65,52 @@ class Spec:
 
 
 FLEET = (
-    Spec("A", firmware="2.9.3", hardware="rev-a", seen=timedelta(minutes=1),
-         age=timedelta(days=30), tags=("prod", "eu"),
-         attributes={"site": "berlin", "floor": 3, "rack": {"row": "r1", "slot": 2}}),
-    Spec("B", firmware="2.10.0", seen=timedelta(hours=2), age=timedelta(days=20),
-         tags=("prod",), attributes={"site": "Berlin-Mitte", "floor": "3", "weight": 2.5}),
-    Spec("C", model="gateway-x", firmware="1.0.0-rc1", hardware="rev-b", state="provisioned",
-         age=timedelta(days=10),
-         attributes={"site": "paris", "floor": 3.0, "enabled": True, "note": None}),
-    Spec("D", tenant="globex", model="gateway-x", firmware="1.0.0", hardware="rev-b",
-         seen=timedelta(days=3), age=timedelta(days=5), tags=("lab-1",),
-         attributes={"site": "50%_off", "floor": 10, "enabled": False}),
+    Spec(
+        "A",
+        firmware="2.9.3",
+        hardware="rev-a",
+        seen=timedelta(minutes=1),
+        age=timedelta(days=30),
+        tags=("prod", "eu"),
+        attributes={"site": "berlin", "floor": 3, "rack": {"row": "r1", "slot": 2}},
+    ),
+    Spec(
+        "B",
+        firmware="2.10.0",
+        seen=timedelta(hours=2),
+        age=timedelta(days=20),
+        tags=("prod",),
+        attributes={"site": "Berlin-Mitte", "floor": "3", "weight": 2.5},
+    ),
+    Spec(
+        "C",
+        model="gateway-x",
+        firmware="1.0.0-rc1",
+        hardware="rev-b",
+        state="provisioned",
+        age=timedelta(days=10),
+        attributes={"site": "paris", "floor": 3.0, "enabled": True, "note": None},
+    ),
+    Spec(
+        "D",
+        tenant="globex",
+        model="gateway-x",
+        firmware="1.0.0",
+        hardware="rev-b",
+        seen=timedelta(days=3),
+        age=timedelta(days=5),
+        tags=("lab-1",),
+        attributes={"site": "50%_off", "floor": 10, "enabled": False},
+    ),
     Spec("E", tenant="globex", state="retired", seen=timedelta(seconds=30)),
-    Spec("F", tenant="globex", firmware="custom-build", seen=timedelta(days=10),
-         age=timedelta(hours=1), attributes={"site": "a*b"}),
+    Spec(
+        "F",
+        tenant="globex",
+        firmware="custom-build",
+        seen=timedelta(days=10),
+        age=timedelta(hours=1),
+        attributes={"site": "a*b"},
+    ),
 )
 GROUPS: dict[str, str | list[str]] = {
     "lab": ["A", "D"],
@@ -93,9 +125,7 @@ GROUPS: dict[str, str | list[str]] = {
 class Fleet:
     def __init__(self, db: Database, groups: dict[str, GroupRef]) -> None:
         self.db = db
-        self.ctx = CompileContext(
-            dialect=db.dialect, now=NOW, online_window=WINDOW, groups=groups
-        )
+        self.ctx = CompileContext(dialect=db.dialect, now=NOW, online_window=WINDOW, groups=groups)
 
     async def match(self, text: str, ctx: CompileContext | None = None) -> list[str]:
         where = compile_query(parse(text), ctx or self.ctx)
@@ -113,33 +143,44 @@ async def build_fleet(db: Database) -> Fleet:
     ids = {spec.serial: f"00000000-0000-0000-0000-00000000000{spec.serial}" for spec in FLEET}
     async with db.write() as session:
         session.add_all(Tenant(id=t, name=t.title(), created_at=NOW) for t in ("acme", "globex"))
-        models = {name: DeviceModel(name=name, created_at=NOW, updated_at=NOW)
-                  for name in ("sensor-v2", "gateway-x")}
+        models = {
+            name: DeviceModel(name=name, created_at=NOW, updated_at=NOW)
+            for name in ("sensor-v2", "gateway-x")
+        }
         session.add_all(models.values())
         await session.flush()
         for spec in FLEET:
             created = NOW - spec.age
-            session.add(Device(
-                id=ids[spec.serial], serial=spec.serial, name=f"dev-{spec.serial.lower()}",
-                model_id=models[spec.model].id, tenant_id=spec.tenant, state=spec.state,
-                firmware_version=spec.firmware, firmware_key=firmware_key(spec.firmware),
-                hardware_revision=spec.hardware, attributes=spec.attributes,
-                last_seen=NOW - spec.seen if spec.seen else None,
-                created_at=created, updated_at=created,
-            ))
+            session.add(
+                Device(
+                    id=ids[spec.serial],
+                    serial=spec.serial,
+                    name=f"dev-{spec.serial.lower()}",
+                    model_id=models[spec.model].id,
+                    tenant_id=spec.tenant,
+                    state=spec.state,
+                    firmware_version=spec.firmware,
+                    firmware_key=firmware_key(spec.firmware),
+                    hardware_revision=spec.hardware,
+                    attributes=spec.attributes,
+                    last_seen=NOW - spec.seen if spec.seen else None,
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
         await session.flush()
         session.add_all(DeviceTag(device_id=ids[s.serial], tag=t) for s in FLEET for t in s.tags)
         refs: dict[str, GroupRef] = {}
         for name, definition in GROUPS.items():
             query = definition if isinstance(definition, str) else None
-            group = Group(tenant_id="acme", name=name, query=query,
-                          created_at=NOW, updated_at=NOW)
+            group = Group(tenant_id="acme", name=name, query=query, created_at=NOW, updated_at=NOW)
             session.add(group)
             await session.flush()
             refs[name] = GroupRef(id=group.id, query=query)
             if isinstance(definition, list):
-                session.add_all(GroupMember(group_id=group.id, device_id=ids[serial])
-                                for serial in definition)
+                session.add_all(
+                    GroupMember(group_id=group.id, device_id=ids[serial]) for serial in definition
+                )
     return Fleet(db, refs)
 
 
@@ -426,10 +467,31 @@ def test_unknown_grouping_field_is_invalid() -> None:
 
 # -- Every comparison, both ways --------------------------------------------------------------
 
-_SWEEP_FIELDS = (*FIELDS, "attributes.site", "attributes.floor", "attributes.rack.slot",
-                 "attributes.enabled", "attributes.note")
-_SWEEP_VALUES = ("berlin", '"3"', "3", "2.5", "true", "null", "b*", "1.0.0-rc1", "2.10",
-                 "-1h", "2025-12-31", "rev-b", "sensor-v2", "acme", '"a\\*b"')
+_SWEEP_FIELDS = (
+    *FIELDS,
+    "attributes.site",
+    "attributes.floor",
+    "attributes.rack.slot",
+    "attributes.enabled",
+    "attributes.note",
+)
+_SWEEP_VALUES = (
+    "berlin",
+    '"3"',
+    "3",
+    "2.5",
+    "true",
+    "null",
+    "b*",
+    "1.0.0-rc1",
+    "2.10",
+    "-1h",
+    "2025-12-31",
+    "rev-b",
+    "sensor-v2",
+    "acme",
+    '"a\\*b"',
+)
 
 
 async def test_every_comparison_runs_and_not_is_its_complement(fleet: Fleet) -> None:

@@ -134,8 +134,17 @@ def test_public_interface_is_pinned() -> None:
     import fleetkeeper.query
 
     assert sorted(fleetkeeper.query.__all__) == [
-        "CompileContext", "FIELDS", "GroupRef", "MAX_DEPTH", "MAX_QUERY_LENGTH", "Query",
-        "compile_query", "field_expression", "group_names", "parse", "unparse",
+        "CompileContext",
+        "FIELDS",
+        "GroupRef",
+        "MAX_DEPTH",
+        "MAX_QUERY_LENGTH",
+        "Query",
+        "compile_query",
+        "field_expression",
+        "group_names",
+        "parse",
+        "unparse",
     ]
 
 
@@ -270,8 +279,33 @@ def test_documentation_has_examples_errors_and_precedence() -> None:
 # -- Properties -------------------------------------------------------------------------------
 
 _PIECES = st.sampled_from(
-    ["serial", "attributes.a", "tag:x", "group:g", "=", "!=", "<=", "(", ")", ",", "'", '"',
-     "\\", "*", "AND", "or", "NOT", "in", "-1h", "2.10.0", "null", "true", " ", "\n", ":"]
+    [
+        "serial",
+        "attributes.a",
+        "tag:x",
+        "group:g",
+        "=",
+        "!=",
+        "<=",
+        "(",
+        ")",
+        ",",
+        "'",
+        '"',
+        "\\",
+        "*",
+        "AND",
+        "or",
+        "NOT",
+        "in",
+        "-1h",
+        "2.10.0",
+        "null",
+        "true",
+        " ",
+        "\n",
+        ":",
+    ]
 )
 _NOISE = st.one_of(
     st.lists(_PIECES, max_size=12).map("".join),
@@ -290,9 +324,7 @@ def test_any_text_parses_or_raises_query_syntax_error(text: str) -> None:
 
 
 _RESERVED = {"and", "or", "not", "in", "null", "true", "false"}
-_BARE = st.from_regex(r"[a-z][a-z0-9.-]{0,6}", fullmatch=True).filter(
-    lambda w: w not in _RESERVED
-)
+_BARE = st.from_regex(r"[a-z][a-z0-9.-]{0,6}", fullmatch=True).filter(lambda w: w not in _RESERVED)
 _TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=8)
 _VALUES = st.one_of(_BARE.map(word), _TEXT.map(Value.of))
 _EQ_VALUES = st.one_of(_VALUES, st.sampled_from(["sensor-*", "a?c", r"x\*y", "null"]).map(word))
@@ -300,8 +332,9 @@ _FIELD = st.sampled_from(["serial", "name", "state", "attributes.site", "attribu
 _LEAVES = st.one_of(
     st.builds(Comparison, _FIELD, st.sampled_from(["=", "!="]), _EQ_VALUES),
     st.builds(Comparison, _FIELD, st.sampled_from(["<", ">", "<=", ">="]), _VALUES),
-    st.builds(Membership, _FIELD, st.lists(_EQ_VALUES, min_size=1, max_size=3).map(tuple),
-              st.booleans()),
+    st.builds(
+        Membership, _FIELD, st.lists(_EQ_VALUES, min_size=1, max_size=3).map(tuple), st.booleans()
+    ),
     st.builds(Tag, st.one_of(_BARE.map(word), _TEXT.filter(bool).map(Value.of))),
     st.builds(InGroup, _TEXT.filter(bool)),
 )

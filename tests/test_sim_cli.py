@@ -107,7 +107,14 @@ def test_a_run_prints_its_summary_as_json(server: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["devices"] == summary["enrolled"] == 4
     assert summary["messages_sent"] > 4
-    assert set(summary["updates"]) == {"attempted", "succeeded", "rolled_back", "failed"}
+    assert set(summary["updates"]) == {
+        "attempted",
+        "succeeded",
+        "rolled_back",
+        "failed",
+        "canceled",
+    }
+    assert summary["jobs"]["received"] == 0
     serials = [f"sim3-{i:05d}" for i in range(4)]
     assert summary["faults"]["sensor_stuck"] == serials
     assert summary["faults"]["flood"] == []

@@ -87,6 +87,7 @@ def test_a_toml_scenario_sets_every_knob(tmp_path: Path) -> None:
     assert (outage.site, outage.at, outage.duration) == ("cairo-2", 120, 90)
     assert scenario.faults["compromised"].burst == 8
     assert scenario.rollout is not None and scenario.rollout.phases == (5, 50)
+    assert scenario.rollout.soak == 30  # `pause`, its older name
 
 
 def test_a_json_scenario_reads_the_same_as_toml(tmp_path: Path) -> None:
@@ -181,3 +182,33 @@ def test_options_override_the_file_and_keep_the_rest_of_a_fault() -> None:
 def test_sub_second_intervals_are_allowed() -> None:
     scenario = with_overrides(Scenario(), checkin_interval=0.2, telemetry_interval=0.05)
     assert (scenario.checkin_interval, scenario.telemetry_interval) == (0.2, 0.05)
+
+
+RELEASE = {"model": "thermo-v2", "version": "2.4.0"}
+
+
+def test_rollout_phases_in_devices_become_shares_of_the_models_devices() -> None:
+    rollout = parse({"rollout": {**RELEASE, "phases": [3, 10, 30]}}).rollout
+    assert rollout is not None
+    assert rollout.percentages(80) == [3.75, 16.25, 100.0]  # the last phase takes the rest
+    assert rollout.percentages(10) == [30.0, 100.0]  # 13 of 10 devices: that is everyone
+
+
+def test_rollout_phases_in_percent_go_to_the_deployment_as_they_are() -> None:
+    rollout = parse({"rollout": {**RELEASE, "percent": [5, 20, 100]}}).rollout
+    assert rollout is not None and rollout.percentages(80) == [5, 20, 100]
+
+
+def test_rollout_phases_in_percent_rise() -> None:
+    with pytest.raises(ScenarioError, match=r"rollout\.percent: .*cumulative"):
+        parse({"rollout": {**RELEASE, "percent": [50, 20]}})
+
+
+def test_rollout_phases_come_in_one_form() -> None:
+    with pytest.raises(ScenarioError, match="not both"):
+        parse({"rollout": {**RELEASE, "percent": [50, 100], "phases": [3]}})
+
+
+def test_options_keep_a_rollout_in_percent() -> None:
+    scenario = with_overrides(parse({"rollout": {**RELEASE, "percent": [10, 100]}}), devices=7)
+    assert scenario.rollout is not None and scenario.rollout.percent == (10, 100)

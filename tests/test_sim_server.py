@@ -2,7 +2,7 @@
 reachable): what the summary says happened is what the server recorded.
 
 The server and the simulator share a clock that starts at a fixed time and runs at real
-speed, so telemetry timestamps are "now" for the server and its rate limits refill.
+speed (tests/simkit.py).
 """
 
 from __future__ import annotations
@@ -10,111 +10,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
-from conftest import ADMIN_TOKEN
-from fleetkeeper.api.app import create_app
 from fleetkeeper.settings import Settings
-from fleetkeeper.sim import Simulator, parse
 from fleetkeeper.sim.catalogue import firmware_hash
-from fleetkeeper.sim.device import SimDevice, Status
+from fleetkeeper.sim.device import SimDevice
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.models import TelemetryPoint
-
-SERVER = "http://fleetkeeper.test"
-QUICK = {
-    "checkin_interval": 0.3,
-    "telemetry_interval": 0.3,
-    "inventory_interval": 60,
-    "update_step": 0.05,
-    "reboot_seconds": 0.05,
-    "enroll_rate": 200,
-    "concurrency": 16,
-}
-
-
-class RunningClock:
-    def __init__(self) -> None:
-        self.start = datetime(2026, 1, 1, tzinfo=UTC)
-        self.origin = time.monotonic()
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=time.monotonic() - self.origin)
-
-
-class Counting(httpx.AsyncBaseTransport):
-    """The app's transport, counting the device API requests that reach the server."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.device_requests = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path.startswith("/device/v1/") and not path.endswith("/ping"):
-            self.device_requests += 1
-        return await self.inner.handle_async_request(request)
-
-
-@dataclass
-class Live:
-    transport: Counting
-    admin: httpx.AsyncClient
-    clock: RunningClock
-    db: Database
-
-    def simulator(self, **scenario: Any) -> Simulator:
-        return Simulator(
-            parse({**QUICK, **scenario}),
-            SERVER,
-            admin_token=ADMIN_TOKEN,
-            transport=self.transport,
-            clock=self.clock,
-        )
-
-    async def get(self, path: str, **params: Any) -> Any:
-        response = await self.admin.get(path, params=params)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    async def devices(self) -> dict[str, dict[str, Any]]:
-        page = await self.get("/api/v1/devices", limit=1000)
-        return {d["serial"]: d for d in page["items"]}
-
-    async def points(self, device_id: str, metric: str | None = None) -> list[TelemetryPoint]:
-        stmt = select(TelemetryPoint).where(TelemetryPoint.device_id == device_id)
-        if metric is not None:
-            stmt = stmt.where(TelemetryPoint.metric == metric)
-        async with self.db.read() as session:
-            return list((await session.scalars(stmt.order_by(TelemetryPoint.ts))).all())
+from simkit import Live, live_server, ready, until
 
 
 @pytest.fixture
 async def live(settings: Settings, db: Database) -> AsyncIterator[Live]:
-    clock = RunningClock()
-    app = create_app(settings, clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = Counting(httpx.ASGITransport(app=app))
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url=SERVER,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as admin:
-            yield Live(transport, admin, clock, db)
-
-
-async def until(condition: Callable[[], bool], within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
+    async with live_server(settings, db) as server:
+        yield server
 
 
 async def finished(live: Live, device: SimDevice, command_id: str) -> dict[str, Any]:
@@ -134,12 +48,6 @@ async def command(live: Live, device: SimDevice, name: str, **args: Any) -> str:
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
-
-
-def ready(sim: Simulator, count: int) -> Callable[[], bool]:
-    return lambda: (
-        sum(d.status is Status.ACTIVE and d.reported is not None for d in sim.devices) == count
-    )
 
 
 async def test_the_summary_matches_what_the_server_recorded(live: Live) -> None:
@@ -201,7 +109,13 @@ async def test_an_update_commits_and_a_failed_health_check_rolls_back(live: Live
     on_server = await live.devices()
     assert on_server[healthy.serial]["firmware_version"] == "9.9.9"
     assert on_server[sick.serial]["firmware_version"] == before
-    assert summary["updates"] == {"attempted": 2, "succeeded": 1, "rolled_back": 1, "failed": 0}
+    assert summary["updates"] == {
+        "attempted": 2,
+        "succeeded": 1,
+        "rolled_back": 1,
+        "failed": 0,
+        "canceled": 0,
+    }
     carriers = sorted(d.serial for d in sim.devices if d.has("update_health_fail"))
     assert summary["faults"]["update_health_fail"] == carriers
 

@@ -8,15 +8,17 @@ from fleetkeeper.sim.catalogue import image_sha256
 from fleetkeeper.sim.update import (
     FINAL,
     TRANSITIONS,
+    UNTOUCHED,
     Event,
     Firmware,
     Phase,
+    Update,
     UpdateError,
-    UpdateJob,
     next_event,
     result,
     start,
     step,
+    switch_back,
 )
 
 GOOD = image_sha256("thermo-v2", "2.4.0")
@@ -24,7 +26,7 @@ GOOD = image_sha256("thermo-v2", "2.4.0")
 
 def run(
     defects: frozenset[str] = frozenset(), downloaded: str = GOOD
-) -> tuple[UpdateJob, Firmware, list[Phase]]:
+) -> tuple[Update, Firmware, list[Phase]]:
     firmware = Firmware(a="2.3.0", b=None)
     job = start(firmware, "2.4.0", GOOD, "cmd-1")
     phases = [job.phase]
@@ -101,7 +103,7 @@ def test_the_next_update_goes_into_the_slot_not_running() -> None:
     _, firmware, _ = run()
     job = start(firmware, "2.5.0", "x")
     assert job.previous == "2.4.0"
-    job = UpdateJob(None, "2.5.0", "2.4.0", "x", Phase.INSTALLING)
+    job = Update(None, "2.5.0", "2.4.0", "x", Phase.INSTALLING)
     _, after = step(job, firmware, Event.INSTALLED)
     assert (after.a, after.b, after.active) == ("2.5.0", "2.4.0", "b")
 
@@ -127,3 +129,23 @@ def test_a_result_before_the_end_is_an_error() -> None:
     firmware = Firmware(a="1", b=None)
     with pytest.raises(UpdateError, match="still downloading"):
         result(start(firmware, "2", "x"), firmware)
+
+
+def test_a_rollback_boots_the_other_slot_when_it_holds_the_release() -> None:
+    _, firmware, _ = run()
+    back = switch_back(firmware, "2.3.0")
+    assert (back.active, back.version, back.b) == ("a", "2.3.0", "2.4.0")
+
+
+def test_a_rollback_to_a_release_the_other_slot_does_not_hold_is_refused() -> None:
+    with pytest.raises(UpdateError, match=r"holds nothing, not 2\.2\.0"):
+        switch_back(Firmware(a="2.3.0", b=None), "2.2.0")
+
+
+def test_only_downloading_and_verifying_leave_the_slots_untouched() -> None:
+    firmware = Firmware(a="2.3.0", b=None)
+    job = start(firmware, "2.4.0", GOOD)
+    while job.phase in UNTOUCHED:
+        job, after = step(job, firmware, next_event(job, frozenset(), GOOD))
+        assert after == firmware
+    assert job.phase is Phase.INSTALLING

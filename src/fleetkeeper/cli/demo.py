@@ -136,6 +136,7 @@ def _banner(url: str, token: str, data_dir: Path, devices: int, events: list[str
         f"  export FLEETKEEPER_SERVER={url} FLEETKEEPER_TOKEN={token}",
         "  fleetkeeper devices list -q 'attributes.site = berlin-1'",
         "  fleetkeeper security events",
+        "  fleetkeeper deploy list        (the rollout's deployment id is printed when it starts)",
         "",
         f"Simulating {devices} devices; what happens (minutes after the start):",
         *(f"  {event}" for event in events),

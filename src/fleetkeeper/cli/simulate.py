@@ -267,6 +267,18 @@ def _progress(snapshot: dict[str, Any]) -> None:
     )
 
 
+def _rollout_line(rollout: dict[str, Any]) -> str:
+    what = f"{rollout['model']} {rollout['version']}: {rollout['state']}"
+    if rollout.get("deployment_id"):
+        what += f", deployment {rollout['deployment_id']}"
+    counts = rollout.get("counts") or {}
+    if counts:
+        what += " (" + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items()) + ")"
+    if rollout.get("detail"):
+        what += f"; {rollout['detail']}"
+    return what
+
+
 def render_summary(summary: dict[str, Any]) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -299,6 +311,14 @@ def render_summary(summary: dict[str, Any]) -> Table:
             f"interval late, worst {schedule['max_lag']:.2f} s",
         ),
     ]
+    jobs = summary.get("jobs") or {}
+    if jobs.get("received"):
+        rows.append(
+            ("deployment jobs", ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in jobs.items()))
+        )
+    rollout = summary.get("rollout")
+    if rollout:
+        rows.append(("rollout", _rollout_line(rollout)))
     for kind, serials in summary["faults"].items():
         if serials:
             shown = ", ".join(serials[:4]) + (" ..." if len(serials) > 4 else "")

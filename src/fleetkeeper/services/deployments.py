@@ -582,6 +582,8 @@ async def wind_down(
             .where(mine, Execution.state == State.SUCCEEDED)
             .values(
                 state=State.ROLLING_BACK,
+                # A new job for the same execution: devices tell jobs apart by (id, attempt).
+                attempt=Execution.attempt + 1,
                 deliver=True,
                 delivered_at=None,
                 finished_at=None,

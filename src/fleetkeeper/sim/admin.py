@@ -2,21 +2,22 @@
 
 - `prepare`: on a fresh server, create the device models the fleet needs (one that exists
   already is fine) and an auto-accepting provisioning token for it;
-- `Rollout`: a firmware release sent as `update` commands in phases, halted when too many of
-  a phase fail. Deployments on the server will do this properly; until then this is how the
-  simulator and the demo exercise the devices' A/B update.
+- `Rollout`: a firmware release rolled out as an operator would: the release's image uploaded
+  as an artifact, then a deployment to the simulator's devices of the model, followed to its
+  end. The devices' side of it is `sim.jobs`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from fleetkeeper.sim.catalogue import MODELS_BY_NAME, image_sha256
+from fleetkeeper.sim.catalogue import MODELS_BY_NAME, image
 from fleetkeeper.sim.scenario import RolloutSpec, Scenario
 
 REASON = "fleet simulator"
@@ -88,40 +89,125 @@ async def prepare(http: httpx.AsyncClient, scenario: Scenario) -> str:
     return str(token["token"])
 
 
-@dataclass
-class Phase:
-    size: int
-    targeted: list[str] = field(default_factory=list)  # serials
-    outcomes: dict[str, int] = field(default_factory=dict)  # command state → count
-    rolled_back: int = 0
+FINAL_STATES = frozenset({"stopped", "aborted", "canceled", "finished"})
+BASE_PER_MINUTE = 600.0  # devices a minute to start with: a simulated fleet is quick
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "targeted": sorted(self.targeted),
-            "outcomes": dict(sorted(self.outcomes.items())),
-            "rolled_back": self.rolled_back,
-        }
+
+def artifact_name(model: str) -> str:
+    return f"{model}-firmware"
+
+
+async def upload_release(http: httpx.AsyncClient, model: str, version: str) -> dict[str, Any]:
+    """The release's image as an artifact (the server signs it); the one there already, if any."""
+    name = artifact_name(model)
+    try:
+        created: dict[str, Any] = await call(
+            http,
+            "POST",
+            "/api/v1/artifacts",
+            files={"file": (f"{name}-{version}.bin", image(model, version))},
+            data={
+                "name": name,
+                "version": version,
+                "models": model,
+                "release_notes": "A simulated release (fleetkeeper simulate).",
+            },
+        )
+        return created
+    except AdminError as exc:
+        if " 409 " not in str(exc):
+            raise
+    page = await call(http, "GET", "/api/v1/artifacts", params={"name": name, "version": version})
+    if not page["items"]:
+        raise AdminError(f"artifact {name} {version} exists, yet cannot be found")
+    found: dict[str, Any] = page["items"][0]
+    return found
+
+
+def rollout_policy(scenario: Scenario, devices: int) -> dict[str, Any]:
+    """The deployment's rollout policy for the scenario's `rollout` on `devices` of the model.
+
+    A phase goes on once the share that may fail has not (success_threshold) and that has held
+    for `soak` seconds; it pauses when more than `max_failure_rate` of it failed, judged once
+    as many devices as the first phase holds are done. Rate and timeouts follow the fleet's
+    pace rather than a real fleet's.
+    """
+    spec = scenario.rollout
+    assert spec is not None
+    phases = spec.percentages(devices)
+    error = round(100.0 * spec.max_failure_rate, 2)
+    pace = scenario.update_step + scenario.reboot_seconds + scenario.checkin_interval
+    step_timeout = max(120.0, 20.0 * pace)
+    return {
+        "phases": phases,
+        "success_threshold": round(100.0 - error, 2),
+        "error_threshold": error,
+        "min_executed": max(1, math.ceil(phases[0] * devices / 100.0)),
+        "on_error": "pause",
+        "soak": spec.soak,
+        "jitter": min(5.0, scenario.checkin_interval),
+        "rate": {"base_per_minute": BASE_PER_MINUTE, "max_per_minute": 10 * BASE_PER_MINUTE},
+        "timeouts": {
+            "notified": max(120.0, 20.0 * scenario.checkin_interval),
+            "download": step_timeout,
+            "install": step_timeout,
+            "reboot": step_timeout,
+            "verify": step_timeout,
+        },
+    }
 
 
 @dataclass
 class Rollout:
-    """Send `update` to the devices of a model in phases; stop when a phase fails too often."""
+    """The scenario's release, rolled out through a deployment and followed to its end.
 
-    spec: RolloutSpec
-    prefix: str
-    server: str
-    phases: list[Phase] = field(default_factory=list)
-    state: str = "waiting"  # waiting, running, done, halted, failed
+    At `start` seconds, once the fleet's devices of the model are through enrolment (a
+    deployment takes the devices its target matches when it is created), it uploads the
+    release's image as an artifact and creates a deployment to the simulator's devices of the
+    model (`fleetkeeper deploy show ID --follow` watches it); then it looks at the deployment
+    now and then, says when a phase or its state changes, and keeps what it saw last for the
+    summary. `fleet` says how many devices of the model the fleet has, and how many of them
+    are still enrolling.
+    """
+
+    scenario: Scenario
+    fleet: Callable[[], tuple[int, int]]
+    state: str = "waiting"  # waiting, then the deployment's state; failed: the API refused
     detail: str | None = None
+    artifact_id: str | None = None
+    deployment: dict[str, Any] | None = None  # the deployment as last seen
+
+    @property
+    def spec(self) -> RolloutSpec:
+        assert self.scenario.rollout is not None
+        return self.scenario.rollout
 
     def view(self) -> dict[str, Any]:
+        d = self.deployment or {}
         return {
             "model": self.spec.model,
             "version": self.spec.version,
             "state": self.state,
             "detail": self.detail,
-            "phases": [p.view() for p in self.phases],
+            "artifact_id": self.artifact_id,
+            "deployment_id": d.get("id"),
+            "phases": [
+                {"percent": p.get("percent"), "size": p.get("size"), "state": p.get("state")}
+                for p in d.get("phases", [])
+            ],
+            "counts": {k: v for k, v in sorted(d.get("counts", {}).items()) if v},
+            "failure_reasons": d.get("failure_reasons", {}),
+        }
+
+    def request(self, artifact_id: str) -> dict[str, Any]:
+        spec, s = self.spec, self.scenario
+        return {
+            "name": f"{spec.model} {spec.version} (simulator {s.prefix})",
+            # Only this simulator's devices: a server may have real ones of the model too.
+            "target": f'model = "{spec.model}" AND serial = "{s.prefix}-*"',
+            "artifact_id": artifact_id,
+            "rollout": rollout_policy(s, self.fleet()[0]),
+            "seed": s.seed % 2**31,
         }
 
     async def run(
@@ -133,82 +219,46 @@ class Rollout:
     ) -> None:
         spec = self.spec
         await sleep(max(0.0, spec.start - elapsed()))
-        self.state = "running"
-        taken: set[str] = set()
+        while self.fleet()[1] > 0:
+            await sleep(0.2)
         try:
-            for number, size in enumerate(spec.phases, 1):
-                phase = Phase(size)
-                self.phases.append(phase)
-                targets = await self._candidates(http, size, taken)
-                if not targets:
-                    break
-                commands = [await self._send(http, d, number) for d in targets]
-                phase.targeted = [d["serial"] for d in targets]
-                taken.update(d["id"] for d in targets)
-                note(f"rollout {spec.model} {spec.version}: phase {number}, {len(targets)} devices")
-                await sleep(spec.pause)
-                await self._tally(http, phase, commands)
-                finished = sum(phase.outcomes.get(s, 0) for s in ("succeeded", "failed"))
-                failed = phase.outcomes.get("failed", 0)
-                note(f"rollout phase {number}: {_outcomes(phase)}")
-                if finished and failed / finished > spec.max_failure_rate:
-                    self.state = "halted"
-                    self.detail = f"phase {number}: {failed} of {finished} updates failed"
-                    note(f"rollout halted: {self.detail}")
-                    return
-            self.state = "done"
+            artifact = await upload_release(http, spec.model, spec.version)
+            self.artifact_id = str(artifact["id"])
+            created = await call(
+                http, "POST", "/api/v1/deployments", json=self.request(artifact["id"])
+            )
         except AdminError as exc:
             self.state, self.detail = "failed", str(exc)
             note(f"rollout failed: {exc}")
-
-    async def _candidates(
-        self, http: httpx.AsyncClient, size: int, taken: set[str]
-    ) -> list[dict[str, Any]]:
-        spec = self.spec
-        query = (
-            f'model = "{spec.model}" AND serial = "{self.prefix}-*" AND state = active '
-            f'AND online = true AND firmware_version != "{spec.version}"'
+            return
+        note(
+            f"rollout {spec.model} {spec.version}: deployment {created['id']} to "
+            f"{created['total']} devices; follow it with: "
+            f"fleetkeeper deploy show {created['id']} --follow"
         )
-        found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"q": query, "limit": 500}
-        while len(found) < size:
-            page = await call(http, "GET", "/api/v1/devices", params=params)
-            found += [d for d in page["items"] if d["id"] not in taken]
-            if not page.get("next_cursor"):
-                break
-            params["cursor"] = page["next_cursor"]
-        return sorted(found, key=lambda d: str(d["serial"]))[:size]
+        self._saw(created, note)
+        every = max(0.2, min(2.0, self.scenario.checkin_interval))
+        while self.state not in FINAL_STATES:
+            await sleep(every)
+            try:
+                self._saw(await call(http, "GET", f"/api/v1/deployments/{created['id']}"), note)
+            except AdminError as exc:
+                self.detail = str(exc)  # the server may be busy: look again later
 
-    async def _send(self, http: httpx.AsyncClient, device: dict[str, Any], number: int) -> Any:
-        spec = self.spec
-        body = {
-            "name": "update",
-            "args": {
-                "version": spec.version,
-                "url": f"{self.server}/artifacts/{spec.model}/{spec.version}.bin",
-                "sha256": image_sha256(spec.model, spec.version),
-            },
-            "timeout": int(max(60.0, 3 * spec.pause)),
-            "reason": f"rollout {spec.model} {spec.version}, phase {number}",
-        }
-        command = await call(http, "POST", f"/api/v1/devices/{device['id']}/commands", json=body)
-        return device["id"], command["id"]
-
-    async def _tally(
-        self, http: httpx.AsyncClient, phase: Phase, commands: list[tuple[str, str]]
-    ) -> None:
-        for device_id, command_id in commands:
-            path = f"/api/v1/devices/{device_id}/commands/{command_id}"
-            command = await call(http, "GET", path)
-            state = str(command["state"])
-            phase.outcomes[state] = phase.outcomes.get(state, 0) + 1
-            result = command.get("result")
-            if isinstance(result, dict) and result.get("rolled_back") is True:
-                phase.rolled_back += 1
-
-
-def _outcomes(phase: Phase) -> str:
-    parts = [f"{n} {state}" for state, n in sorted(phase.outcomes.items())]
-    if phase.rolled_back:
-        parts.append(f"{phase.rolled_back} rolled back")
-    return ", ".join(parts) or "no answers"
+    def _saw(self, deployment: dict[str, Any], note: Callable[[str], None]) -> None:
+        before = self.deployment
+        self.deployment = deployment
+        self.state = str(deployment["state"])
+        self.detail = deployment.get("reason")
+        if before is None or (before["phase"], before["state"]) == (
+            deployment["phase"],
+            deployment["state"],
+        ):
+            return  # nothing new to say (on creation, `run` said it)
+        counts = {k: v for k, v in deployment["counts"].items() if v}
+        progress = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        reason = f" ({self.detail})" if self.detail else ""
+        note(
+            f"rollout {self.spec.model} {self.spec.version}: {self.state}{reason}, phase "
+            f"{deployment['phase'] + 1} of {len(deployment['phases'])}: {progress or 'starting'}"
+        )

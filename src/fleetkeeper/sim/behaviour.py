@@ -2,8 +2,9 @@
 
 One tick runs whatever is due, in the order a real device would: enrol (once), move a running
 update on, report the inventory when it changed (before answering commands, so a finished
-update's firmware is on record when its command succeeds), answer finished commands, check in
-and run what it hands out, send telemetry. A fault that is active changes what happens:
+update's firmware is on record when its command succeeds), send what the outbox holds
+(command answers, job reports), check in and run the commands and jobs it hands out, send
+telemetry. A fault that is active changes what happens:
 the device is gone (`disappear`), without power (`site_outage`), loses messages (`flaky`),
 reports broken values (`sensor_*`), floods the server (`flood`) or behaves like an intruder
 (`compromised`). Faults only act on enrolled devices.
@@ -20,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetkeeper.protocol.client import MAX_POINTS, DeviceClient
 from fleetkeeper.protocol.errors import AlreadyEnrolled, AuthenticationFailed, ProtocolError
-from fleetkeeper.protocol.messages import Location, Point
-from fleetkeeper.sim import commands
+from fleetkeeper.protocol.messages import Command, Location, Point
+from fleetkeeper.sim import commands, firmware, jobs, outbox
 from fleetkeeper.sim.catalogue import firmware_hash
 from fleetkeeper.sim.device import MAX_BUFFER, NEVER, Deferred, SimDevice, Status, World
 from fleetkeeper.sim.physics import advance, faulty_temperature, in_dead_zone, position, readings
@@ -43,6 +44,7 @@ async def tick(dev: SimDevice, world: World) -> float | None:
             return dev.down_until
         dev.boot(now)
         commands.finish_reboot(dev)
+        jobs.back_up(dev)
     if now >= dev.hold_until:
         with contextlib.suppress(Deferred):
             await _act(dev, world, now)
@@ -53,24 +55,28 @@ async def _act(dev: SimDevice, world: World, now: float) -> None:
     if dev.status is Status.NEW:
         await enroll(dev, world, now)
         return
-    if dev.job is not None and now >= dev.job_due:
-        commands.progress_update(dev, world, now)
+    if dev.update is not None and now >= dev.update_due:
+        firmware.progress(dev, world, now)
         if dev.off:
             return  # rebooting into the new slot (or back into the old one)
     active = dev.status is Status.ACTIVE
     if active and now >= dev.next_inventory:
         await report_inventory(dev, world, now)
     if dev.outbox:
-        await commands.send_answers(dev, world)
+        await outbox.send(dev, world)
     if now >= dev.next_checkin:
         await checkin(dev, world, now)
     while dev.inbox:
-        commands.run(dev, world, dev.inbox.pop(0), now)
+        item = dev.inbox.pop(0)
+        if isinstance(item, Command):
+            commands.run(dev, world, item, now)
+        else:
+            jobs.receive(dev, world, item, now)
         if dev.off:
-            return  # a reboot: the rest of the inbox is lost with the memory
+            return  # a reboot: the rest of the inbox is lost with the memory (jobs come again)
     dev.inbox = None
     if dev.outbox:
-        await commands.send_answers(dev, world)
+        await outbox.send(dev, world)
     active = dev.status is Status.ACTIVE
     if active and now >= dev.next_telemetry:
         await send_telemetry(dev, world, now)
@@ -184,8 +190,8 @@ async def checkin(dev: SimDevice, world: World, now: float) -> None:
         dev.stop(world, "retired")
         raise Deferred(refused=True)
     dev.status = _STATES.get(answer.state, Status.ACTIVE)
-    if answer.commands:
-        dev.inbox = [*(dev.inbox or ()), *answer.commands]
+    if answer.commands or answer.jobs:
+        dev.inbox = [*(dev.inbox or ()), *answer.commands, *answer.jobs]
 
 
 def sample(dev: SimDevice, world: World, now: float) -> list[Point]:

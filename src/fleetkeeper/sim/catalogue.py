@@ -8,6 +8,7 @@ by name and may bring their own sites.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -121,9 +122,21 @@ SITES: tuple[Site, ...] = (
 MODELS_BY_NAME = {m.name: m for m in MODELS}
 
 
+IMAGE_SIZE = 64 * 1024
+
+
+def image(model: str, version: str) -> bytes:
+    """The firmware image of `model` at `version`: synthetic bytes, the same every time.
+
+    A rollout uploads it as the release's artifact, so the artifact's sha256 is the genuine
+    image's, and an updated device reports the `firmware_hash` of what it installed."""
+    return hashlib.shake_256(f"firmware:{model}:{version}".encode()).digest(IMAGE_SIZE)
+
+
+@functools.lru_cache(maxsize=256)
 def image_sha256(model: str, version: str) -> str:
-    """The sha256 of the (imaginary) firmware image of `model` at `version`."""
-    return hashlib.sha256(f"firmware:{model}:{version}".encode()).hexdigest()
+    """The sha256 of the firmware image of `model` at `version`."""
+    return hashlib.sha256(image(model, version)).hexdigest()
 
 
 def firmware_hash(model: str, version: str) -> str:

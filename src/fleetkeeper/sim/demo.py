@@ -2,10 +2,10 @@
 
 A few hundred devices over eight sites; fleet time runs 120 times faster than real time, so a
 fleet day (temperatures, solar charging) passes in twelve minutes. Over the first minutes:
-a firmware release for thermo-v2 rolls out in three phases (a few devices carry update
-defects, so some updates fail and some roll back), a sensor sticks and another reports
-impossible values, one device floods the server, one is compromised, and a whole site loses
-power for a minute and a half.
+a firmware release for thermo-v2 rolls out through a deployment in three phases (a few
+devices carry update defects, so some updates fail and some roll back), a sensor sticks and
+another reports impossible values, one device floods the server, one is compromised, and a
+whole site loses power for a minute and a half.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def demo_scenario(devices: int = 200, seed: int = 7) -> Scenario:
             "rollout": {
                 "model": ROLLOUT_MODEL,
                 "version": ROLLOUT_VERSION,
-                "phases": [3, 10, 30],
+                "percent": [5, 20, 100],
                 "start": 45,
-                "pause": 45,
+                "soak": 30,
                 "max_failure_rate": 0.5,
             },
         },
@@ -70,9 +70,12 @@ def timeline(scenario: Scenario) -> list[str]:
     lines = []
     if scenario.rollout:
         r = scenario.rollout
+        count = sum(who.model.name == r.model for who, _ in fleet)
+        phases = ", ".join(f"{p:g} %" for p in r.percentages(count))
         lines.append(
-            f"{_at(r.start)}  firmware {r.version} for {r.model} rolls out in phases of "
-            f"{', '.join(map(str, r.phases))} devices, {r.pause:g} s apart"
+            f"{_at(r.start)}  firmware {r.version} for {r.model} rolls out through a deployment "
+            f"to its {count} devices, in phases of {phases}, each holding {r.soak:g} s; "
+            "some updates fail, some roll back"
         )
     for kind, what in _STORIES.items():
         hit = plan.windows.get(kind)

@@ -31,12 +31,12 @@ from fleetkeeper.protocol.errors import (
     Stopped,
     Unavailable,
 )
-from fleetkeeper.protocol.messages import Command, Point
+from fleetkeeper.protocol.messages import Command, Job, Point
 from fleetkeeper.sim.catalogue import ModelSpec, Site
 from fleetkeeper.sim.physics import Physics
 from fleetkeeper.sim.scenario import Scenario
 from fleetkeeper.sim.stats import Stats
-from fleetkeeper.sim.update import Firmware, UpdateJob
+from fleetkeeper.sim.update import Firmware, Update
 
 log = logging.getLogger("fleetkeeper.sim")
 T = TypeVar("T")
@@ -50,6 +50,31 @@ class Status(StrEnum):
     PENDING = "pending"  # waits for an operator: only check-in
     QUARANTINED = "quarantined"  # check-in and command results only
     STOPPED = "stopped"  # retired, revoked, refused or gone for good
+
+
+Answer = tuple[str, str, Any]  # a command's (id, state, result), waiting in the outbox
+FINAL_REPORTS = frozenset({"succeeded", "failed", "rolled_back", "canceled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A deployment job's progress (`POST /device/v1/jobs/{id}`), waiting in the outbox."""
+
+    job_id: str
+    state: str
+    reason: str | None = None
+    version: str | None = None  # with final states: the firmware the device runs
+    detail: str | None = None
+    cancel_refused: bool = False
+
+
+@dataclass(slots=True)
+class ActiveJob:
+    """The deployment job the device is working on (one at a time)."""
+
+    id: str
+    kind: str  # update, rollback, command
+    refuse_cancel: bool = False  # asked to cancel too late: its next report says so
 
 
 class Deferred(Exception):
@@ -118,11 +143,13 @@ class SimDevice:
     down_until: float = 0.0  # powered off or rebooting
     off: bool = False
     failures: int = 0
-    job: UpdateJob | None = None
-    job_due: float = NEVER
+    update: Update | None = None  # the A/B update under way
+    update_due: float = NEVER  # when its next phase happens
+    job: ActiveJob | None = None
+    jobs_seen: dict[str, tuple[int, str]] | None = None  # job id -> (attempt, kind) taken on
     reboot_command: str | None = None
-    inbox: list[Command] | None = None  # commands received, not yet run
-    outbox: list[tuple[str, str, Any]] | None = None  # (command id, state, result) to report
+    inbox: list[Command | Job] | None = None  # received at check-in, not yet run
+    outbox: list[Answer | Report] | None = None  # what the server has not taken yet
     buffer: list[Point] | None = None
     sampled_at: float = 0.0  # fleet time of the last physics step
     boot_count: int = 1
@@ -175,10 +202,36 @@ class SimDevice:
         off or backing off (lateness the device chose is not lateness of the simulator)."""
         return max(due, self.hold_until, self.down_until)
 
+    @property
+    def busy(self) -> bool:
+        """Updating, rebooting on request or working on a job: it takes on nothing else."""
+        return self.update is not None or self.reboot_command is not None or self.job is not None
+
     def reply(self, command_id: str, state: str, result: Any) -> None:
         if self.outbox is None:
             self.outbox = []
         self.outbox.append((command_id, state, result))
+
+    def report(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        version: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Queue a job report; the first one after a refused cancel says so, and a final one
+        says what the device runs (`version`: the server keeps it whatever the outcome)."""
+        if version is None and state in FINAL_REPORTS:
+            version = self.firmware.version
+        job = self.job
+        refused = job is not None and job.id == job_id and job.refuse_cancel
+        if job is not None and refused:
+            job.refuse_cancel = False
+        if self.outbox is None:
+            self.outbox = []
+        self.outbox.append(Report(job_id, state, reason, version, detail, refused))
 
     def next_due(self, now: float) -> float | None:
         if self.status is Status.STOPPED:
@@ -194,7 +247,7 @@ class SimDevice:
                 self.next_inventory,
                 self.next_attack,
                 self.next_flood,
-                self.job_due,
+                self.update_due,
                 now if (self.outbox or self.inbox) else NEVER,
             )
         due = min(due, self.next_fault_change(now))

@@ -25,7 +25,7 @@ from fleetkeeper.clock import Clock, SystemClock
 from fleetkeeper.protocol.connectivity import Connectivity
 from fleetkeeper.sim import admin
 from fleetkeeper.sim.behaviour import tick
-from fleetkeeper.sim.device import SimDevice, World
+from fleetkeeper.sim.device import SimDevice, Status, World
 from fleetkeeper.sim.fleet import FaultPlan, build
 from fleetkeeper.sim.scenario import Scenario
 from fleetkeeper.sim.scheduler import Scheduler
@@ -106,7 +106,7 @@ class Simulator:
                 async with admin.admin_client(self.server, self.admin_token, self.transport) as api:
                     token = await self._prepare(api)
                     if s.rollout is not None:
-                        self.rollout = admin.Rollout(s.rollout, s.prefix, self.server)
+                        self.rollout = admin.Rollout(s, self._rollout_fleet)
                         tasks.append(asyncio.create_task(self._roll_out(api), name="rollout"))
                     await self._live(http, token, duration, tasks)
             else:
@@ -142,6 +142,7 @@ class Simulator:
             "messages_sent": self.stats.messages_sent,
             "rate_limited": self.stats.rate_limited,
             "updates": dict(self.stats.updates),
+            "jobs": dict(self.stats.jobs),
             "behind": recent.behind,
             "max_lag": round(recent.worst, 3),
             "actions": recent.count,
@@ -222,6 +223,12 @@ class Simulator:
             if self.on_progress is not None and self.elapsed() - last >= self.progress_every:
                 last = self.elapsed()
                 self.on_progress(self.snapshot())
+
+    def _rollout_fleet(self) -> tuple[int, int]:
+        """The fleet's devices of the rollout's model, and how many are still enrolling."""
+        assert self.scenario.rollout is not None
+        mine = [d for d in self.devices if d.model.name == self.scenario.rollout.model]
+        return len(mine), sum(d.status is Status.NEW for d in mine)
 
     async def _roll_out(self, api: httpx.AsyncClient) -> None:
         assert self.rollout is not None

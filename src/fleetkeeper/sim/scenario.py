@@ -7,6 +7,7 @@ name, never ignored. Command-line options override the file (`with_overrides`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tomllib
@@ -14,7 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleetkeeper.sim.catalogue import MODELS, MODELS_BY_NAME, SITES
 
@@ -65,22 +74,74 @@ class SiteSpec(_Strict):
     swing: float = Field(default=8.0, ge=0, le=30, description="Day/night half-difference, °C")
 
 
+DEFAULT_PHASES = (5, 20, 50)  # devices per phase, when a rollout names no phases
+
+
 class RolloutSpec(_Strict):
-    """A firmware release sent as `update` commands in phases (needs an admin token)."""
+    """A firmware release rolled out through a deployment (needs an admin token).
+
+    Phases are cumulative percentages of the simulator's devices of the model (`percent`,
+    as a deployment's rollout phases), or, the older form, devices per phase (`phases`), which
+    become percentages of the model's devices in this fleet. Either way the last phase takes
+    every device that is left, as in any deployment.
+    """
 
     model: str
     version: str = Field(min_length=1, max_length=100)
-    phases: tuple[int, ...] = Field(default=(5, 20, 50), min_length=1)
+    percent: tuple[float, ...] | None = Field(
+        default=None, min_length=1, max_length=20, description="Cumulative % at each phase's end"
+    )
+    phases: tuple[int, ...] | None = Field(
+        default=None, min_length=1, max_length=20, description="Devices per phase (older form)"
+    )
     start: float = Field(default=30.0, ge=0, description="Seconds after the start")
-    pause: float = Field(default=60.0, gt=0, description="Seconds each phase gets to finish")
-    max_failure_rate: float = Field(default=0.5, ge=0, le=1, description="Halt above this")
+    soak: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias=AliasChoices("soak", "pause"),  # `pause`: the older name
+        description="Seconds a phase's success must hold before the next phase starts",
+    )
+    max_failure_rate: float = Field(
+        default=0.5, ge=0, le=1, description="Share of a phase failing that pauses it"
+    )
 
     @field_validator("phases")
     @classmethod
-    def _positive(cls, phases: tuple[int, ...]) -> tuple[int, ...]:
-        if any(n < 1 for n in phases):
+    def _positive(cls, phases: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if phases is not None and any(n < 1 for n in phases):
             raise ValueError("every phase needs at least one device")
         return phases
+
+    @field_validator("percent")
+    @classmethod
+    def _increasing(cls, percent: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if percent is not None:
+            if any(not 0 < p <= 100 for p in percent):
+                raise ValueError("every phase is a percentage above 0, at most 100")
+            if any(b <= a for a, b in itertools.pairwise(percent)):
+                raise ValueError("phases are cumulative: each percentage above the one before")
+        return percent
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RolloutSpec:
+        if self.percent is not None and self.phases is not None:
+            raise ValueError("give phases as percent or as device counts (phases), not both")
+        return self
+
+    def percentages(self, devices: int) -> list[float]:
+        """The phases as cumulative percentages, for a fleet with `devices` of the model."""
+        if self.percent is not None:
+            return list(self.percent)
+        out: list[float] = []
+        reached = 0
+        for size in (self.phases or DEFAULT_PHASES)[:-1]:
+            reached += size
+            share = max(0.01, round(100.0 * reached / max(1, devices), 2))
+            if share >= 100.0:
+                break
+            if not out or share > out[-1]:
+                out.append(share)
+        return [*out, 100.0]
 
 
 class Scenario(_Strict):

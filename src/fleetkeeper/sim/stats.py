@@ -57,7 +57,8 @@ class Stats:
     telemetry_rejected: int = 0
     telemetry_dropped: int = 0  # points pushed out of a full offline buffer
     commands: Counter[str] = field(default_factory=Counter)
-    updates: Counter[str] = field(default_factory=Counter)
+    updates: Counter[str] = field(default_factory=Counter)  # A/B updates, commands' and jobs'
+    jobs: Counter[str] = field(default_factory=Counter)  # deployment jobs: received, final reports
     auth_failures: int = 0  # failed authentications a compromised device attempted
     stopped: Counter[str] = field(default_factory=Counter)  # why devices stopped for good
     faults: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in FAULT_KINDS})
@@ -88,6 +89,7 @@ class Stats:
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         updates = {k: self.updates.get(k, 0) for k in UPDATE_OUTCOMES}
+        jobs = {k: self.jobs.get(k, 0) for k in JOB_OUTCOMES}
         return {
             "devices": self.devices,
             "enrolled": self.enrolled,
@@ -108,6 +110,7 @@ class Stats:
             },
             "commands": dict(sorted(self.commands.items())),
             "updates": updates,
+            "jobs": jobs,
             "auth_failures": self.auth_failures,
             "stopped": dict(sorted(self.stopped.items())),
             "faults": {k: sorted(v) for k, v in sorted(self.faults.items())},
@@ -116,7 +119,8 @@ class Stats:
         }
 
 
-UPDATE_OUTCOMES = ("attempted", "succeeded", "rolled_back", "failed")
+UPDATE_OUTCOMES = ("attempted", "succeeded", "rolled_back", "failed", "canceled")
+JOB_OUTCOMES = ("received", "succeeded", "failed", "rolled_back", "canceled", "closed")
 
 
 def endpoint(path: str) -> str:

@@ -19,8 +19,9 @@ booted the new release, found it unhealthy and its bootloader fell back to the o
 event happens in a phase is decided by the device's defects (`update_download_corrupt`,
 `update_install_fail`, `update_health_fail`): see `next_event`.
 
-Today an `update` command drives this (docs/simulator.md); deployments will drive the same
-machine once the server has them.
+An `update` command and a deployment's `update` job both drive this machine
+(`sim.firmware`). A rollback the server asks for later is no update: the device boots its
+other slot again when that slot still holds the release it ran before (`switch_back`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.ROLLING_BACK, Event.BOOTED): Phase.ROLLED_BACK,
 }
 FINAL = frozenset({Phase.COMMITTED, Phase.FAILED, Phase.ROLLED_BACK})
+UNTOUCHED = frozenset({Phase.DOWNLOADING, Phase.VERIFYING})  # no slot written: it may be dropped
 OFFLINE = frozenset({Phase.REBOOTING, Phase.ROLLING_BACK})  # the device is down meanwhile
 SLOTS = ("a", "b")
 
@@ -101,7 +103,9 @@ class Firmware:
 
 
 @dataclass(frozen=True, slots=True)
-class UpdateJob:
+class Update:
+    """One A/B update under way; `command_id`: the `update` command that asked for it."""
+
     command_id: str | None
     version: str
     previous: str
@@ -116,20 +120,30 @@ class UpdateJob:
 
 def start(
     firmware: Firmware, version: str, expected_sha256: str, command_id: str | None = None
-) -> UpdateJob:
+) -> Update:
     if firmware.trial:
         raise UpdateError("the device is still checking its last update")
-    return UpdateJob(command_id, version, firmware.version, expected_sha256)
+    return Update(command_id, version, firmware.version, expected_sha256)
 
 
-def next_event(job: UpdateJob, defects: frozenset[str], downloaded_sha256: str) -> Event:
-    """What happens in the job's phase on a device with these defects."""
-    phase = job.phase
+def switch_back(firmware: Firmware, version: str) -> Firmware:
+    """Boot the other slot, which must hold `version` (a rollback the server asked for)."""
+    if firmware.trial:
+        raise UpdateError("the device is still checking its last update")
+    if firmware.slot(firmware.inactive) != version:
+        held = firmware.slot(firmware.inactive) or "nothing"
+        raise UpdateError(f"the other slot holds {held}, not {version}")
+    return replace(firmware, active=firmware.inactive)
+
+
+def next_event(update: Update, defects: frozenset[str], downloaded_sha256: str) -> Event:
+    """What happens in the update's phase on a device with these defects."""
+    phase = update.phase
     if phase is Phase.DOWNLOADING:
         return Event.DOWNLOADED
     if phase is Phase.VERIFYING:
         corrupt = "update_download_corrupt" in defects
-        match = downloaded_sha256 == job.expected_sha256 and not corrupt
+        match = downloaded_sha256 == update.expected_sha256 and not corrupt
         return Event.VERIFIED if match else Event.CHECKSUM_MISMATCH
     if phase is Phase.INSTALLING:
         return Event.INSTALL_FAILED if "update_install_fail" in defects else Event.INSTALLED
@@ -140,41 +154,41 @@ def next_event(job: UpdateJob, defects: frozenset[str], downloaded_sha256: str) 
     raise UpdateError(f"the update is over ({phase})")
 
 
-def step(job: UpdateJob, firmware: Firmware, event: Event) -> tuple[UpdateJob, Firmware]:
-    """Apply `event`: the job's next phase and the slots as they are after it."""
-    target = TRANSITIONS.get((job.phase, event))
+def step(update: Update, firmware: Firmware, event: Event) -> tuple[Update, Firmware]:
+    """Apply `event`: the update's next phase and the slots as they are after it."""
+    target = TRANSITIONS.get((update.phase, event))
     if target is None:
-        raise UpdateError(f"no transition from {job.phase} on {event}")
+        raise UpdateError(f"no transition from {update.phase} on {event}")
     if event is Event.INSTALLED:
-        firmware = firmware.with_slot(firmware.inactive, job.version)
+        firmware = firmware.with_slot(firmware.inactive, update.version)
     elif event is Event.INSTALL_FAILED:
         firmware = firmware.with_slot(firmware.inactive, None)  # a half-written slot
-    elif event is Event.BOOTED and job.phase is Phase.REBOOTING:
+    elif event is Event.BOOTED and update.phase is Phase.REBOOTING:
         firmware = replace(firmware, active=firmware.inactive, trial=True)
     elif event is Event.HEALTHY:
         firmware = replace(firmware, trial=False)
     elif event is Event.UNHEALTHY:
         # The bootloader falls back to the slot that last booted well; the bad one stays put.
         firmware = replace(firmware, active=firmware.inactive, trial=False)
-    error = _ERRORS.get(event, job.error)
-    return replace(job, phase=target, error=error), firmware
+    error = _ERRORS.get(event, update.error)
+    return replace(update, phase=target, error=error), firmware
 
 
-def result(job: UpdateJob, firmware: Firmware) -> tuple[str, dict[str, object]]:
-    """The command's (state, result) once the job is over."""
-    if job.phase is Phase.COMMITTED:
+def result(update: Update, firmware: Firmware) -> tuple[str, dict[str, object]]:
+    """The command's (state, result) once the update is over."""
+    if update.phase is Phase.COMMITTED:
         return "succeeded", {
             "version": firmware.version,
-            "previous": job.previous,
+            "previous": update.previous,
             "slot": firmware.active,
         }
-    if not job.done:
-        raise UpdateError(f"the update is still {job.phase}")
+    if not update.done:
+        raise UpdateError(f"the update is still {update.phase}")
     out: dict[str, object] = {
-        "error": job.error or "update_failed",
+        "error": update.error or "update_failed",
         "version": firmware.version,
-        "attempted": job.version,
-        "rolled_back": job.phase is Phase.ROLLED_BACK,
+        "attempted": update.version,
+        "rolled_back": update.phase is Phase.ROLLED_BACK,
     }
     return "failed", out
 

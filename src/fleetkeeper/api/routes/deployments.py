@@ -59,6 +59,8 @@ async def create_deployment(
             seed=body.seed,
         )
         out = await _out(state, session, deployment)
+    if body.supersede:  # the older executions' cancel requests reach devices at once
+        await state.pending.refresh(state.db, state.clock.now())
     state.kick_scheduler()
     return out
 
@@ -135,6 +137,8 @@ async def act(
             session, change, deployment_id, action, rollback=body.rollback
         )
         out = await _out(state, session, deployment)
+    if action in ("abort", "cancel"):  # cancel and rollback requests reach devices at once
+        await state.pending.refresh(state.db, state.clock.now())
     state.kick_scheduler()
     return out
 
