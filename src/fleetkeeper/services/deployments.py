@@ -424,6 +424,11 @@ async def view(
             }
         )
     eta = planner.eta(snapshot, now) if snapshot is not None else None
+    plan_windows, needed = policy.schedule.windows, policy.expected_duration
+    if eta is not None and plan_windows and not windows.can_start(plan_windows, now, needed):
+        # Nothing starts before the next window opens: the pace applies from then on.
+        opens = windows.next_start(plan_windows, now, needed)
+        eta = opens + (eta - now) if opens is not None else None
     artifact = (
         await session.get(Artifact, deployment.artifact_id) if deployment.artifact_id else None
     )
