@@ -29,11 +29,10 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.databases import RawConnection, fresh_database
-from bench.device import _server_pid
+from bench.databases import fresh_database
+from bench.device import _server_pid, _tokens
 from bench.harness import Result, Stats, server
 from bench.population import populate
-from fleetkeeper.services.identity import issue_token
 from fleetkeeper.services.rollout import planner
 from fleetkeeper.services.rollout.policy import RolloutPolicy
 from fleetkeeper.sim.transport import LeanTransport
@@ -122,17 +121,6 @@ async def _emulate(port: int, tokens: list[str], checkin: float, step: float, pi
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
     pipe.send(dict(stats))
-
-
-def _tokens(url: str) -> list[str]:
-    raw = RawConnection(url)
-    try:
-        key = raw.fetch("SELECT value FROM server_secrets WHERE name = 'device_token_key'")
-        ids = [row[0] for row in raw.fetch("SELECT id FROM devices ORDER BY id")]
-    finally:
-        raw.close()
-    now = datetime.now().astimezone()
-    return [issue_token(bytes.fromhex(key[0][0]), i, 0, now)[0] for i in ids]
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from fleetkeeper.durable import sync_directory
+
 CHUNK_SIZE = 256 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _INCOMING = ".incoming"
@@ -160,7 +162,7 @@ class _LocalWrite:
         os.fsync(self._handle.fileno())
         self._handle.close()
         os.replace(self._path, target)
-        _sync_directory(target.parent)
+        sync_directory(target.parent)
 
     async def discard(self) -> None:
         if self._done:
@@ -171,17 +173,3 @@ class _LocalWrite:
     def _remove(self) -> None:
         self._handle.close()
         self._path.unlink(missing_ok=True)
-
-
-def _sync_directory(directory: Path) -> None:
-    # A rename is durable once the directory entry is on disk (not possible everywhere).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -16,7 +16,6 @@ SWUpdate); the agent only drives it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 
 from fleetkeeper.agent.commands import Outcome, execute
 from fleetkeeper.agent.config import ScriptSettings, substitute
+from fleetkeeper.durable import sync_directory
 from fleetkeeper.protocol.keys import write_private
 
 log = logging.getLogger("fleetkeeper.agent.update")
@@ -188,7 +188,7 @@ class DirectorySlots:
         # The slot is not running: it may be half-gone for a moment, the rename is atomic.
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
-        _sync_dir(target.parent)
+        sync_directory(target.parent)
 
     async def switch(self, slot: str, trial: bool) -> None:
         self._slot(slot)
@@ -225,16 +225,7 @@ def _sync_tree(root: Path) -> None:
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    _sync_dir(root)
-
-
-def _sync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    sync_directory(root)
 
 
 # --- script slots ----------------------------------------------------------------------------
