@@ -294,6 +294,15 @@ def test_dynamic_group_follows_its_query(thermo: dict[str, Any]) -> None:
     assert ok("groups", "list")["items"] == []
 
 
+def test_a_group_gets_maintenance_windows_and_loses_them(thermo: dict[str, Any]) -> None:
+    group = ok("groups", "create", "night", "--window", "0 2 * * *;2h;Europe/Berlin")
+    assert group["maintenance_windows"] == [
+        {"cron": "0 2 * * *", "duration": 7200.0, "timezone": "Europe/Berlin"}
+    ]
+    assert ok("groups", "update", "night", "--clear-windows")["maintenance_windows"] is None
+    assert run("groups", "create", "bad", "--window", "0 2 * * *").exit_code == 2
+
+
 def test_model_takes_a_config_schema_file_and_updates(servers: list[str], tmp_path: Path) -> None:
     schema = {"type": "object", "properties": {"interval": {"type": "integer"}}}
     path = tmp_path / "schema.json"

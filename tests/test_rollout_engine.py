@@ -212,3 +212,39 @@ async def test_the_health_watch_pauses_when_updated_devices_do_worse(
         for e in (await client.get(f"/api/v1/deployments/{dep['id']}/events")).json()["items"]
     ]
     assert "health_watch" in kinds
+
+
+async def test_a_group_window_holds_its_members_back(
+    client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
+) -> None:
+    clock.set(datetime(2026, 3, 2, 0, 0, tzinfo=UTC))
+    await imported(client, 2)
+    night = {"cron": "0 3 * * *", "duration": "1h", "timezone": "UTC"}
+    r = await client.post(
+        "/api/v1/groups",
+        json={"name": "night", "query": "serial = IMP-00001", "maintenance_windows": [night]},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["maintenance_windows"][0]["duration"] == 3600
+    art = await artifact(client)
+    dep = await deploy(client, artifact_id=art["id"], rollout={**FAST, "phases": [100]})
+    f = Fleet(client, app, clock)
+    await f.tick(1)
+    await f.tick(1)
+    started = {e["serial"] for e in await executions(client, dep["id"]) if e["notified_at"]}
+    assert started == {"IMP-00000"}
+    clock.set(datetime(2026, 3, 2, 3, 0, 30, tzinfo=UTC))
+    await f.tick(1)
+    started = {e["serial"] for e in await executions(client, dep["id"]) if e["notified_at"]}
+    assert started == {"IMP-00000", "IMP-00001"}
+
+
+async def test_a_group_window_with_a_bad_cron_is_refused(
+    client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
+) -> None:
+    r = await client.post(
+        "/api/v1/groups",
+        json={"name": "bad", "maintenance_windows": [{"cron": "0 25 * * *", "duration": 60}]},
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "maintenance_windows.0"

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from fleetkeeper.cli import output
 from fleetkeeper.cli.client import ApiClient, compact, join
-from fleetkeeper.cli.options import Json, Paging, Reason
+from fleetkeeper.cli.options import WINDOW_HELP, Json, Paging, Reason, window_option
 from fleetkeeper.cli.remote import remote
 
 app = typer.Typer(
@@ -71,9 +71,7 @@ class PolicyOptions:
     ] = None
     window: Annotated[
         list[str] | None,
-        typer.Option(
-            help="Maintenance window 'CRON;DURATION[;TZ]' (repeatable), e.g. '0 2 * * *;2h'."
-        ),
+        typer.Option(help=WINDOW_HELP),
     ] = None
     policy: Annotated[
         Path | None,
@@ -115,19 +113,9 @@ class PolicyOptions:
             body["rate"] = {**body.get("rate", {}), "base_per_minute": self.rate}
             body["rate"].setdefault("max_per_minute", max(self.rate, 1000.0))
         if self.window:
-            windows = [_window(w) for w in self.window]
+            windows = [window_option(w) for w in self.window]
             body["schedule"] = {**body.get("schedule", {}), "windows": windows}
         return body or None
-
-
-def _window(text: str) -> dict[str, Any]:
-    parts = [p.strip() for p in text.split(";")]
-    if len(parts) not in (2, 3) or not all(parts):
-        raise typer.BadParameter("CRON;DURATION[;TZ], e.g. '0 2 * * *;2h'", param_hint="--window")
-    window = {"cron": parts[0], "duration": parts[1]}
-    if len(parts) == 3:
-        window["timezone"] = parts[2]
-    return window
 
 
 def _args(pairs: list[str] | None) -> dict[str, Any]:

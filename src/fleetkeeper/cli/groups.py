@@ -9,7 +9,15 @@ from rich.console import RenderableType
 
 from fleetkeeper.cli import devices, output
 from fleetkeeper.cli.client import ApiClient, compact, join
-from fleetkeeper.cli.options import Json, Paging, Reason, Tenant, require_change
+from fleetkeeper.cli.options import (
+    WINDOW_HELP,
+    Json,
+    Paging,
+    Reason,
+    Tenant,
+    require_change,
+    window_option,
+)
 from fleetkeeper.cli.remote import remote
 
 app = typer.Typer(help="Static and dynamic device groups.", no_args_is_help=True)
@@ -44,6 +52,12 @@ GroupQuery = Annotated[
 ]
 
 
+Windows = Annotated[
+    list[str] | None,
+    typer.Option("--window", help=WINDOW_HELP + " Deployments start members only inside one."),
+]
+
+
 def render(group: dict[str, Any]) -> RenderableType:
     return output.record(group, f"Group {group.get('name', '')}")
 
@@ -72,6 +86,7 @@ def create(
     name: GroupName,
     query: GroupQuery = None,
     description: Description = None,
+    window: Windows = None,
     tenant: Tenant = None,
     reason: Reason = None,
     as_json: Json = False,
@@ -81,6 +96,7 @@ def create(
         "name": name,
         "query": query,
         "description": description,
+        "maintenance_windows": [window_option(w) for w in window] if window else None,
         "tenant": tenant,
         "reason": reason,
     }
@@ -94,12 +110,20 @@ def update(
     name: GroupName,
     query: GroupQuery = None,
     description: Description = None,
+    window: Windows = None,
+    clear_windows: Annotated[
+        bool, typer.Option("--clear-windows", help="Remove the group's maintenance windows.")
+    ] = False,
     tenant: GroupTenant = None,
     reason: Reason = None,
     as_json: Json = False,
 ) -> None:
-    """Change a dynamic group's query or a group's description."""
+    """Change a dynamic group's query, a group's description or its maintenance windows."""
     body = compact({"query": query, "description": description, "reason": reason})
+    if window:
+        body["maintenance_windows"] = [window_option(w) for w in window]
+    elif clear_windows:
+        body["maintenance_windows"] = []
     result = api.patch(join(PATH, name), require_change(body), {"tenant": tenant})
     output.emit(result, as_json, render)
 

@@ -43,6 +43,20 @@ DatabaseUrl = Annotated[
 ]
 
 
+WINDOW_HELP = "Maintenance window 'CRON;DURATION[;TZ]' (repeatable), e.g. '0 2 * * *;2h'."
+
+
+def window_option(text: str) -> dict[str, Any]:
+    """A maintenance window from its option form `CRON;DURATION[;TZ]`."""
+    parts = [p.strip() for p in text.split(";")]
+    if len(parts) not in (2, 3) or not all(parts):
+        raise typer.BadParameter("CRON;DURATION[;TZ], e.g. '0 2 * * *;2h'", param_hint="--window")
+    window = {"cron": parts[0], "duration": parts[1]}
+    if len(parts) == 3:
+        window["timezone"] = parts[2]
+    return window
+
+
 def reason_header(reason: str | None) -> dict[str, str]:
     """The X-Change-Reason header, for calls whose body has no `reason` field."""
     if reason is None:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from fleetkeeper.schemas.common import Input, Name, Reason
+from fleetkeeper.services.rollout.policy import Window
 
 
 class ModelCreate(Input):
@@ -43,6 +44,14 @@ class ModelOut(BaseModel):
     updated_at: datetime
 
 
+WindowsField = Field(
+    default=None,
+    max_length=20,
+    description="The members' maintenance windows ({cron, duration, timezone}): deployments "
+    "start a member only inside one of them (docs/ota.md).",
+)
+
+
 class GroupCreate(Input):
     name: Name
     query: str | None = Field(
@@ -51,6 +60,7 @@ class GroupCreate(Input):
         description="A fleet query: the group is dynamic and its membership always current.",
     )
     description: str | None = Field(default=None, max_length=4000)
+    maintenance_windows: list[Window] | None = WindowsField
     tenant: Name | None = None
     reason: Reason = None
 
@@ -58,6 +68,7 @@ class GroupCreate(Input):
 class GroupPatch(Input):
     query: str | None = Field(default=None, max_length=4000)
     description: str | None = Field(default=None, max_length=4000)
+    maintenance_windows: list[Window] | None = WindowsField
     reason: Reason = None
 
 
@@ -74,5 +85,6 @@ class GroupOut(BaseModel):
     query: str | None
     description: str | None
     member_count: int | None = None
+    maintenance_windows: list[dict[str, Any]] | None = None
     created_at: datetime
     updated_at: datetime

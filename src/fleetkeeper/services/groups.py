@@ -13,6 +13,8 @@ from fleetkeeper.schemas.inventory import GroupCreate, GroupOut, GroupPatch
 from fleetkeeper.services import audit
 from fleetkeeper.services.context import Change, Principal
 from fleetkeeper.services.devices import resolve_tenant
+from fleetkeeper.services.rollout import windows
+from fleetkeeper.services.rollout.policy import Window
 from fleetkeeper.services.selection import QueryScope, compile_for, visible_groups
 from fleetkeeper.store.db import dialect_of
 from fleetkeeper.store.models import Device, Group, GroupMember
@@ -27,13 +29,32 @@ def view(group: Group, member_count: int | None = None) -> GroupOut:
         query=group.query,
         description=group.description,
         member_count=member_count,
+        maintenance_windows=group.maintenance_windows,
         created_at=group.created_at,
         updated_at=group.updated_at,
     )
 
 
 def _summary(group: Group) -> dict[str, Any]:
-    return {"name": group.name, "query": group.query, "description": group.description}
+    return {
+        "name": group.name,
+        "query": group.query,
+        "description": group.description,
+        "maintenance_windows": group.maintenance_windows,
+    }
+
+
+def _windows(given: list[Window] | None) -> list[dict[str, Any]] | None:
+    """Windows checked (cron, time zone) and stored as JSON; an empty list clears them."""
+    if not given:
+        return None
+    out = []
+    for i, window in enumerate(given):
+        try:
+            out.append(windows.validate(window).model_dump(mode="json"))
+        except windows.WindowError as exc:
+            raise Invalid(str(exc), field=f"maintenance_windows.{i}") from None
+    return out
 
 
 async def get_group(
@@ -108,6 +129,7 @@ async def create_group(
         name=data.name,
         query=data.query,
         description=data.description,
+        maintenance_windows=_windows(data.maintenance_windows),
         created_at=now,
         updated_at=now,
     )
@@ -140,6 +162,8 @@ async def update_group(
         group.query = patch.query
     if "description" in fields:
         group.description = patch.description
+    if "maintenance_windows" in fields:
+        group.maintenance_windows = _windows(patch.maintenance_windows)
     after = _summary(group)
     if after != before:
         group.updated_at = change.now()

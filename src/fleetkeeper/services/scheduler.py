@@ -31,9 +31,16 @@ from fleetkeeper.services.context import SYSTEM, Principal
 from fleetkeeper.services.rollout import health, planner, windows
 from fleetkeeper.services.rollout.execution import ACTIVE, State
 from fleetkeeper.services.rollout.policy import RolloutPolicy, Window
-from fleetkeeper.services.selection import QueryScope
+from fleetkeeper.services.selection import QueryScope, compile_for
 from fleetkeeper.store.db import Database, dialect_of
-from fleetkeeper.store.models import Artifact, Deployment, Device, Execution, TelemetryPoint
+from fleetkeeper.store.models import (
+    Artifact,
+    Deployment,
+    Device,
+    Execution,
+    Group,
+    TelemetryPoint,
+)
 
 log = logging.getLogger("fleetkeeper.scheduler")
 
@@ -332,22 +339,36 @@ async def notify(
     artifact = (
         await session.get(Artifact, deployment.artifact_id) if deployment.artifact_id else None
     )
-    stmt = (
-        select(Execution, Device.firmware_version, Device.attributes)
-        .join(Device, Device.id == Execution.device_id)
-        .where(_ready_clause(deployment, now))
-        .order_by(Execution.phase, Execution.position)
-        .limit(count * 4 if policy.schedule.window_attribute else count)
-    )
-    if dialect_of(session) == "postgresql":
-        stmt = stmt.with_for_update(of=Execution, skip_locked=True)
+    group_windows = await _windowed_groups(session, deployment)
+    # Devices with windows of their own may be skipped: look further down the queue for them.
+    own_windows = bool(policy.schedule.window_attribute or group_windows)
+    batch = max(count * 4, 200) if own_windows else count
     picked: list[tuple[Execution, str | None]] = []
-    for execution, firmware, attributes in await session.execute(stmt):
-        if len(picked) == count:
+    seen = 0  # rows looked at: nothing changes in the database until all are picked
+    for _ in range(20 if own_windows else 1):
+        stmt = (
+            select(Execution, Device.firmware_version, Device.attributes)
+            .join(Device, Device.id == Execution.device_id)
+            .where(_ready_clause(deployment, now))
+            .order_by(Execution.phase, Execution.position)
+            .offset(seen)
+            .limit(batch)
+        )
+        if dialect_of(session) == "postgresql":
+            stmt = stmt.with_for_update(of=Execution, skip_locked=True)
+        rows = list(await session.execute(stmt))
+        seen += len(rows)
+        closed = await _closed_by_groups(
+            session, group_windows, [r[0].device_id for r in rows], now, policy
+        )
+        for execution, firmware, attributes in rows:
+            if len(picked) == count:
+                break
+            if execution.device_id in closed or not _device_window_allows(policy, attributes, now):
+                continue
+            picked.append((execution, firmware))
+        if len(picked) == count or len(rows) < batch:
             break
-        if not _device_window_allows(policy, attributes, now):
-            continue
-        picked.append((execution, firmware))
     offsets = planner.jitter_offsets(len(picked), policy.jitter, rng)
     timeout = timedelta(seconds=policy.timeouts.notified)
     out = []
@@ -363,6 +384,48 @@ async def notify(
         execution.updated_at = now
         out.append((execution.device_id, at))
     return out
+
+
+async def _windowed_groups(
+    session: AsyncSession, deployment: Deployment
+) -> list[tuple[Group, list[Window]]]:
+    """The groups (in the deployment's tenant, if it has one) whose members have windows."""
+    stmt = select(Group).where(Group.maintenance_windows.is_not(None))
+    if deployment.tenant_id is not None:
+        stmt = stmt.where(Group.tenant_id == deployment.tenant_id)
+    out = []
+    for group in await session.scalars(stmt):
+        try:
+            found = [windows.parse_window(w) for w in group.maintenance_windows or []]
+        except (windows.WindowError, ValueError):
+            continue  # refused on the way in; an old row must not stop the rollout
+        if found:
+            out.append((group, found))
+    return out
+
+
+async def _closed_by_groups(
+    session: AsyncSession,
+    groups: list[tuple[Group, list[Window]]],
+    device_ids: list[str],
+    now: datetime,
+    policy: RolloutPolicy,
+) -> set[str]:
+    """The devices a group's windows hold back now (every such group must allow a start)."""
+    closed: set[str] = set()
+    if not device_ids:
+        return closed
+    for group, group_windows in groups:
+        if windows.can_start(group_windows, now, policy.expected_duration):
+            continue
+        principal = Principal(actor="system", role="admin", tenant_id=None)
+        scope = QueryScope(principal=principal, now=now, online_window=timedelta(minutes=5))
+        where = await compile_for(
+            session, scope, f'group:"{group.name}"', tenant_id=group.tenant_id
+        )
+        members = await session.scalars(select(Device.id).where(Device.id.in_(device_ids), where))
+        closed.update(members)
+    return closed
 
 
 def _device_window_allows(policy: RolloutPolicy, attributes: dict[str, Any], now: datetime) -> bool:
