@@ -308,8 +308,13 @@ async def test_pause_resume_stop_are_distinct_and_audited(
     assert r.json()["state"] == "running"
     await settle(f, 2)
     assert (await show(client, dep["id"]))["counts"]["queued"] < before
+    notified = (await show(client, dep["id"]))["counts"]["notified"]
     r = await client.post(f"/api/v1/deployments/{dep['id']}/stop", json={"reason": "enough"})
     assert r.json()["state"] == "stopped"
+    # No new device ever; the ones already notified carry on.
+    assert r.json()["counts"]["queued"] == 0
+    assert r.json()["counts"]["notified"] == notified > 0
+    assert all(not job["cancel"] for handed in (await f.jobs()).values() for job in handed)
     audit = (await client.get("/api/v1/audit", params={"target": f"deployment:{dep['id']}"})).json()
     actions = [a["action"] for a in audit["items"]]
     for action in ("deployment.create", "deployment.pause", "deployment.resume", "deployment.stop"):

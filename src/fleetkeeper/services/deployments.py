@@ -533,8 +533,12 @@ async def act(
         deployment.credit = 0.0
     if target_state in planner.DEPLOYMENT_FINAL:
         deployment.finished_at = now
-        if action in ("abort", "cancel"):
-            detail.update(await wind_down(session, deployment, now, rollback=rollback))
+        started_too = action in ("abort", "cancel")
+        detail.update(
+            await wind_down(
+                session, deployment, now, rollback=rollback and started_too, started_too=started_too
+            )
+        )
     await event(session, deployment, action, change.principal.actor, now, detail)
     await audit.append(
         session,
@@ -563,15 +567,23 @@ async def _acknowledge(session: AsyncSession, deployment: Deployment) -> dict[st
 
 
 async def wind_down(
-    session: AsyncSession, deployment: Deployment, now: datetime, *, rollback: bool
+    session: AsyncSession,
+    deployment: Deployment,
+    now: datetime,
+    *,
+    rollback: bool,
+    started_too: bool = True,
 ) -> dict[str, int]:
-    """Cancel queued executions, ask started ones to cancel, and optionally roll back."""
+    """Cancel queued executions; unless only stopping, ask started ones to cancel and
+    optionally roll back the updated ones."""
     mine = Execution.deployment_id == deployment.id
     canceled = await session.execute(
         update(Execution)
         .where(mine, Execution.state == State.QUEUED)
         .values(state=State.CANCELED, reason=Reason.CANCELED, finished_at=now, updated_at=now)
     )
+    if not started_too:  # a stop: devices at work finish what they started
+        return {"canceled": canceled.rowcount or 0}  # type: ignore[attr-defined]
     asked = await session.execute(
         update(Execution)
         .where(mine, Execution.state.in_([str(s) for s in CANCELABLE - {State.QUEUED}]))

@@ -316,6 +316,8 @@ async def apply(
         deployment.next_tick_at = None
     if plan.cancel_queued:
         await deployments.wind_down(session, deployment, now, rollback=plan.rollback)
+    elif new.state == planner.STOPPED and before != planner.STOPPED:
+        await deployments.wind_down(session, deployment, now, rollback=False, started_too=False)
     woken: list[tuple[str, datetime]] = []
     if plan.notify > 0 and new.state == planner.RUNNING:
         woken = await notify(session, deployment, policy, plan.notify, now, rng)
