@@ -23,6 +23,7 @@ def test_the_catalogue_names_the_protocol_metrics() -> None:
         "temperature",
         "net_rx_bytes",
         "net_tx_bytes",
+        "uptime",
     }
 
 

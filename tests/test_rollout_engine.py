@@ -248,3 +248,36 @@ async def test_a_group_window_with_a_bad_cron_is_refused(
     )
     assert r.status_code == 422
     assert r.json()["field"] == "maintenance_windows.0"
+
+
+async def test_the_health_watch_notices_updated_devices_rebooting(
+    client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
+) -> None:
+    f = await fleet(client, app, clock, 40)
+    art = await artifact(client)
+    rollout = {
+        **FAST,
+        "phases": [50, 100],
+        "soak": 3600,
+        "health_watch": {"min_devices": 10, "confidence": 0.95, "offline": False},
+    }
+    dep = await deploy(client, artifact_id=art["id"], rollout=rollout)
+    await f.tick(1)
+    await f.tick(1)
+    updated = await f.jobs()
+    await f.succeed(updated, "2.0.0")
+    start = clock.now().timestamp()
+    for minute in range(1, 11):
+        clock.advance(60)
+        now = clock.now().timestamp()
+        for device in f.devices:
+            # Everyone has been up for a day; the updated ones restart every few minutes.
+            up = 86400 + now - start if device.serial not in updated else (minute % 3) * 60 + 5
+            points = [{"metric": "uptime", "value": up, "ts": now}]
+            r = await device.call("POST", "/telemetry", json={"points": points})
+            assert r.json()["accepted"] == 1
+    await f.tick(61)
+    await f.tick(1)
+    d = await show(client, dep["id"])
+    assert d["state"] == "paused"
+    assert "reboot" in (d["reason"] or "")

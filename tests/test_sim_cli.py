@@ -146,7 +146,8 @@ def test_people_get_a_readable_summary(server: Path) -> None:
         "--duration", "0.5", *QUICK,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert re.search(r"devices\s+2 \(2 enrolled", result.stdout)
+    # How many enrol within half a second depends on the machine's load; the layout does not.
+    assert re.search(r"devices\s+2 \(\d enrolled", result.stdout)
     assert "messages sent" in result.stdout
 
 

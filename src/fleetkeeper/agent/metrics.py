@@ -60,6 +60,8 @@ METRICS: tuple[MetricDescription, ...] = (
     MetricDescription("temperature", _temperature, "°C"),
     MetricDescription("net_rx_bytes", _net("bytes_recv"), "bytes"),
     MetricDescription("net_tx_bytes", _net("bytes_sent"), "bytes"),
+    # Seconds since boot: how the server's health watch notices reboots after an update.
+    MetricDescription("uptime", lambda: max(0.0, time.time() - psutil.boot_time()), "s"),
 )
 
 

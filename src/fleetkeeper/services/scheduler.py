@@ -47,6 +47,8 @@ log = logging.getLogger("fleetkeeper.scheduler")
 MAX_IDLE = timedelta(seconds=5)  # a running deployment is looked at at least this often
 HEALTH_EVERY = timedelta(seconds=60)
 HEALTH_LOOKBACK = timedelta(hours=1)
+UPTIME_METRIC = "uptime"  # seconds since boot, as the agent and the simulator report it
+REBOOT_TOLERANCE_S = 60.0  # clock jitter between a device's uptime and its timestamps
 CONTINUOUS_EVERY = timedelta(seconds=30)
 DUE_BATCH = 50
 ACTIVE_STATES = [str(s) for s in ACTIVE]
@@ -500,4 +502,34 @@ async def _cohort(
             samples[metric] = health.MetricSample(
                 n=len(values), mean=statistics.fmean(values), variance=statistics.variance(values)
             )
-    return health.Cohort(devices=int(devices), offline=int(offline), metrics=samples)
+    rebooted = await _rebooted(session, members, now)
+    return health.Cohort(
+        devices=int(devices), offline=int(offline), rebooted=rebooted, metrics=samples
+    )
+
+
+async def _rebooted(session: AsyncSession, members: Any, now: datetime) -> int:
+    """Devices that booted within the lookback, from the `uptime` metric they report.
+
+    Without a reboot, a point's time minus the uptime it reports is the same boot time every
+    time; a reboot moves it later. Devices that do not report `uptime` count as not rebooted.
+    """
+    ts = TelemetryPoint.ts
+    epoch = (
+        func.extract("epoch", ts)
+        if dialect_of(session) == "postgresql"
+        else (func.julianday(ts) - 2440587.5) * 86400.0
+    )
+    boot = epoch - TelemetryPoint.value
+    booted = (
+        select(TelemetryPoint.device_id)
+        .where(
+            TelemetryPoint.metric == UPTIME_METRIC,
+            ts >= now - HEALTH_LOOKBACK,
+            TelemetryPoint.device_id.in_(members),
+        )
+        .group_by(TelemetryPoint.device_id)
+        .having(func.max(boot) - func.min(boot) > REBOOT_TOLERANCE_S)
+        .subquery()
+    )
+    return int(await session.scalar(select(func.count()).select_from(booted)) or 0)

@@ -211,6 +211,7 @@ def sample(dev: SimDevice, world: World, now: float) -> list[Point]:
             )
         if dev.active("compromised", now) and rng.random() < 0.3:
             values["net_tx_kbps"] = round(values["net_tx_kbps"] * rng.uniform(20, 80), 2)
+    values["uptime"] = round(max(0.0, now - dev.booted_at), 1)  # reboots show as a reset
     return [Point(metric, value, wall) for metric, value in values.items()]
 
 
