@@ -1,0 +1,712 @@
+"""Faulty sensors and misbehaving devices, found in telemetry by robust statistics.
+
+A detector reads one device's series of one metric together with the same metric on its peers
+(the other devices of the same model at the same site) and returns evidence when it sees its
+fault. `DETECTORS` is the catalogue, as data: each entry names the health flag it raises, its
+severity and its check. Spread is measured with the median absolute deviation scaled by 1.4826
+(a normal distribution's standard deviation), so a few broken peers cannot hide a broken device.
+
+- `out_of_range`: readings outside the model's physical range; the other detectors' statistics
+  leave them out and judge only readings that could be true (flood and silent count them all).
+- `stuck_sensor`: the latest readings sit on one value, while the peers' readings (or the
+  device's own earlier ones) keep changing. A value at a bound of the range (a full battery) is
+  saturation, not a stuck sensor.
+- `spike`: readings far from their neighbours (a Hampel filter: median ± k·MAD in a rolling
+  window, following the window's slope), and farther than the peers' readings ever stray.
+- `peer_deviation`: the recent median far from the peers' recent medians, in MAD units; for
+  the site's environment (temperature, humidity, pressure), which every peer shares.
+- `noisy`: recent step-to-step noise far above the peers'.
+- `flood`: many more points lately than the expected interval, the peers or the device's own
+  past account for.
+- `silent`: no point for a while, though most peers keep reporting (when they all go quiet
+  it is an outage, not a device fault).
+
+Pure functions over plain data: no I/O, and the time judged (`now`) is given by the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from types import MappingProxyType
+
+__all__ = [
+    "ACTIVITY_METRICS",
+    "DEFAULT_RANGES",
+    "DEFAULT_THRESHOLDS",
+    "DETECTORS",
+    "ENVIRONMENT_METRICS",
+    "FLAGS",
+    "MAD_SCALE",
+    "Check",
+    "Detector",
+    "Evidence",
+    "Finding",
+    "Profile",
+    "Range",
+    "Series",
+    "Severity",
+    "Thresholds",
+    "change_share",
+    "detect",
+    "detect_group",
+    "mad",
+    "median",
+    "run",
+    "step_noise",
+]
+
+MAD_SCALE = 1.4826  # MAD times this estimates the standard deviation of normal data
+_MEDIAN_SE = math.sqrt(math.pi / 2)  # a median's standard error, in sigma/√n
+_TINY = 1e-9  # the smallest spread divided by when nothing else gives a scale
+
+Range = tuple[float, float]
+Evidence = dict[str, object]
+
+# Physical ranges of the simulator's metrics; a model may bring its own (pass `ranges`).
+# rssi goes below -120 dBm on real radios (LTE reports down to -140), and simulated units in
+# dead zones report down to -125: a healthy weak signal must not read as a broken sensor.
+DEFAULT_RANGES: Mapping[str, Range] = MappingProxyType(
+    {
+        "battery": (0.0, 100.0),
+        "temperature": (-40.0, 85.0),
+        "humidity": (0.0, 100.0),
+        "rssi": (-140.0, 0.0),
+        "storage_used": (0.0, 100.0),
+        "cpu_load": (0.0, 100.0),
+        "speed": (0.0, 300.0),  # km/h; a parked van's 0 is a bound, not a stuck sensor
+    }
+)
+
+
+# What the air around a site is like: the same for every unit there, so a unit reading it far
+# from its peers has a sensor to check. A unit's own battery, signal or storage differ from its
+# neighbours' for good reasons (a weak spot, an older battery): peer_deviation leaves them be.
+ENVIRONMENT_METRICS = frozenset({"temperature", "humidity", "pressure"})
+# What a unit does rather than what it measures: these jump when it gets busy or drives off, and
+# sit at 0 while it idles or parks, which no sensor fault explains. spike and noisy skip them.
+ACTIVITY_METRICS = frozenset({"cpu_load", "net_tx_kbps", "speed"})
+
+
+class Severity(StrEnum):
+    WARNING = "warning"  # worth a look: the readings are doubtful
+    CRITICAL = "critical"  # the readings are wrong, or the device costs the fleet
+
+
+@dataclass(frozen=True)
+class Series:
+    """One device's readings of one metric: (Unix seconds, value) points, oldest first."""
+
+    device: str
+    metric: str
+    points: Sequence[tuple[float, float]] = ()
+
+    def __post_init__(self) -> None:
+        points = tuple(self.points)
+        previous = -math.inf
+        for t, v in points:
+            if not (math.isfinite(t) and math.isfinite(v)):
+                raise ValueError(f"{self.device}/{self.metric}: a point is finite, not {(t, v)}")
+            if t < previous:
+                raise ValueError(f"{self.device}/{self.metric}: points go oldest first ({t})")
+            previous = t
+        object.__setattr__(self, "points", points)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a detector speaks up. The defaults favour precision: every flag is a claim an
+    operator will act on, so each needs strong evidence (each field's comment says why)."""
+
+    # Readings a window needs before its median or noise means anything.
+    min_points: int = 10
+    # Peers needed to compare with their distribution (peer_deviation, noisy, the spikes'
+    # limit): below five a median and a MAD of the peers are too easily fooled.
+    min_peers: int = 5
+    # The present, as peer_deviation and noisy judge it: the last 15 minutes (90 readings at
+    # the simulator's 10 s), long enough for a stable median, short enough to be "now".
+    recent_seconds: float = 900.0
+    # stuck_sensor: readings within `stuck_epsilon` of the last one, at least this many and
+    # this long, during which the reference (peers, else own past) would have changed
+    # `stuck_expected_changes` times (P(no change) ≈ e^-10 if the sensor were fine).
+    stuck_epsilon: float = 1e-6
+    stuck_min_points: int = 20
+    stuck_min_seconds: float = 300.0
+    stuck_expected_changes: float = 10.0
+    # spike: a reading more than `spike_k` robust deviations from what the `spike_half_window`
+    # readings on either side lead one to expect (a Hampel filter that follows a ramp). 8
+    # rather than the textbook 3: a 3-sigma reading is an hourly event in a fleet, an 8-sigma one is
+    # not. With enough peers a spike must also stray `spike_peer_factor` times as far as the
+    # typical peer's wildest reading: radio fades and load bursts are how some metrics
+    # behave on every unit, not a broken sensor.
+    spike_half_window: int = 5
+    spike_k: float = 8.0
+    spike_peer_factor: float = 2.0
+    # peer_deviation: |median - peers' median| / spread >= peer_z, the spread being the peers'
+    # MAD of medians (at least `peer_min_spread` of the physical range's width) combined with
+    # the standard error of the device's own median. Modified z-scores above 3.5 are the usual
+    # outlier rule; 5 keeps a fleet of thousands free of chance findings.
+    peer_z: float = 5.0
+    peer_min_spread: float = 0.005
+    # noisy: step noise >= noisy_factor times the peers' median step noise (16 times the variance);
+    # the peers' noise counts as at least `noise_floor` of the range's width, so quantised,
+    # nearly flat metrics (battery, storage) do not turn one jitter into a finding (the same
+    # floor keeps a spike's deviation from dividing by nothing).
+    noisy_factor: float = 4.0
+    noise_floor: float = 0.001
+    # flood: points in the last `rate_window` >= flood_factor times the reference, and at least
+    # `flood_min_excess` more than it (a point a minute becoming three is not a flood).
+    rate_window: float = 600.0
+    flood_factor: float = 5.0
+    flood_min_excess: int = 30
+    # silent: no point for max(silent_min_seconds, silent_intervals times the usual interval).
+    silent_intervals: float = 5.0
+    silent_min_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if min(self.min_points, self.stuck_min_points) < 2:
+            raise ValueError("min_points and stuck_min_points are at least 2")
+        if min(self.min_peers, self.spike_half_window) < 1:
+            raise ValueError("min_peers and spike_half_window are at least 1")
+        scales = (self.recent_seconds, self.rate_window, self.silent_intervals, self.peer_z)
+        factors = (self.spike_k, self.spike_peer_factor, self.noisy_factor, self.flood_factor)
+        if any(not value > 0 for value in (*scales, *factors)):
+            raise ValueError("windows, factors and z-scores are above 0")
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A fault seen in one metric: the health flag, what was seen, how bad it is."""
+
+    flag: str
+    metric: str
+    evidence: Evidence
+    severity: Severity
+
+
+def median(values: Sequence[float]) -> float:
+    """The middle value (the mean of the two middle ones for an even count); needs a value."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def mad(values: Sequence[float], center: float | None = None) -> float:
+    """The median absolute deviation, scaled to a standard deviation (times 1.4826)."""
+    middle = median(values) if center is None else center
+    return MAD_SCALE * median([abs(v - middle) for v in values])
+
+
+def step_noise(values: Sequence[float]) -> float:
+    """The noise of a series from its steps: immune to trends, daily cycles and level shifts.
+
+    A step of white noise has √2 times its spread; the MAD around the median step discounts a
+    steady slope and a few jumps. 0.0 below three readings.
+    """
+    if len(values) < 3:
+        return 0.0
+    steps = [b - a for a, b in itertools.pairwise(values)]
+    return mad(steps) / math.sqrt(2)
+
+
+def change_share(values: Sequence[float], epsilon: float) -> float | None:
+    """The share of steps that change the value by more than `epsilon`; None below 2 values."""
+    if len(values) < 2:
+        return None
+    changed = sum(1 for a, b in itertools.pairwise(values) if abs(b - a) > epsilon)
+    return changed / (len(values) - 1)
+
+
+class Profile:
+    """One series as the detectors see it; each statistic is computed on first use, once
+    (a device's profile is also every peer's reference, so a fleet is profiled only once)."""
+
+    def __init__(
+        self,
+        series: Series,
+        *,
+        now: float,
+        physical_range: Range | None = None,
+        expected_interval: float | None = None,
+        thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    ) -> None:
+        self.series = series
+        self.now = now
+        self.physical_range = physical_range
+        self.expected_interval = expected_interval
+        self.thresholds = thresholds
+
+    def floor(self, share: float) -> float:
+        """`share` of the physical range's width (the metric's natural scale): the least
+        spread worth dividing by; a tiny one when the range is unknown."""
+        low, high = self.physical_range or (0.0, 0.0)
+        return max(share * (high - low), _TINY)
+
+    @cached_property
+    def times(self) -> list[float]:
+        return [t for t, _ in self.series.points]
+
+    @cached_property
+    def last(self) -> float | None:
+        return self.times[-1] if self.times else None
+
+    @cached_property
+    def interval(self) -> float | None:
+        """The usual time between points (the median), None below two points."""
+        steps = [b - a for a, b in itertools.pairwise(self.times)]
+        return median(steps) if steps else None
+
+    @cached_property
+    def impossible(self) -> list[tuple[float, float]]:
+        """Points outside the physical range."""
+        low, high = self.physical_range or (-math.inf, math.inf)
+        return [(t, v) for t, v in self.series.points if not low <= v <= high]
+
+    @cached_property
+    def clean(self) -> tuple[list[float], list[float]]:
+        """(times, values) of the readings that could be true: inside the physical range."""
+        low, high = self.physical_range or (-math.inf, math.inf)
+        kept = [(t, v) for t, v in self.series.points if low <= v <= high]
+        return [t for t, _ in kept], [v for _, v in kept]
+
+    @cached_property
+    def noise(self) -> float:
+        return step_noise(self.clean[1])
+
+    @cached_property
+    def recent(self) -> list[float]:
+        """The readings that could be true in the last `recent_seconds`."""
+        since = self.now - self.thresholds.recent_seconds
+        times, values = self.clean
+        return [v for t, v in zip(times, values, strict=True) if t > since]
+
+    @cached_property
+    def recent_median(self) -> float | None:
+        return median(self.recent) if len(self.recent) >= self.thresholds.min_points else None
+
+    @cached_property
+    def recent_noise(self) -> float | None:
+        return step_noise(self.recent) if len(self.recent) >= self.thresholds.min_points else None
+
+    @cached_property
+    def change_share(self) -> float | None:
+        """How often the readings change (by more than the stuck epsilon) from one to the next."""
+        return change_share(self.clean[1], self.thresholds.stuck_epsilon)
+
+    @cached_property
+    def flat_run(self) -> int:
+        """How many of the latest readings sit within the stuck epsilon of the last one."""
+        values = self.clean[1]
+        if not values:
+            return 0
+        last, eps = values[-1], self.thresholds.stuck_epsilon
+        run = 0
+        for v in reversed(values):
+            if abs(v - last) > eps:
+                break
+            run += 1
+        return run
+
+    @cached_property
+    def deviations(self) -> list[float]:
+        """Each reading's distance from its neighbours, in robust deviations (a Hampel filter).
+
+        The neighbours are the `spike_half_window` readings on either side. What they lead one
+        to expect is the line through the medians of those before and those after, so a ramp
+        (a warming morning, a charging battery) does not hide a spike on it; their spread is
+        the MAD of their distances from that line, and at least the series' step noise (a calm
+        stretch must not make an ordinary reading look wild) and a sliver of the range.
+        The first and the newest reading have neighbours on one side only and count 0.0: a
+        spike or the first of a new level (a van parking), only the next reading tells.
+        """
+        values = self.clean[1]
+        th = self.thresholds
+        if len(values) < th.min_points:
+            return []
+        half = th.spike_half_window
+        least = max(self.noise, self.floor(th.noise_floor))
+        # Only deviations above `calm` can change a verdict (a limit is spike_k or more, and a
+        # peer's wildest raises it only from above calm): a reading within calm·least of the
+        # line keeps |x - expected| / least, an upper bound below calm, and skips the MAD.
+        calm = th.spike_k / max(th.spike_peer_factor, 1.0)
+        found = []
+        for i, x in enumerate(values):
+            before, after = values[max(0, i - half) : i], values[i + 1 : i + half + 1]
+            if not (before and after):
+                found.append(0.0)
+                continue
+            # The halves' medians sit at their middles, (n + 1) / 2 steps from reading i.
+            back, ahead = (len(before) + 1) / 2, (len(after) + 1) / 2
+            low, high = median(before), median(after)
+            slope = (high - low) / (back + ahead)
+            expected = low + slope * back
+            if abs(x - expected) <= calm * least:
+                found.append(abs(x - expected) / least)
+                continue
+            nb = len(before)
+            distances = [abs(v - expected - slope * (j - nb)) for j, v in enumerate(before)]
+            distances += [abs(v - expected - slope * j) for j, v in enumerate(after, 1)]
+            spread = MAD_SCALE * median(distances)
+            found.append(abs(x - expected) / max(spread, least))
+        return found
+
+    @cached_property
+    def wildest(self) -> float:
+        """The largest deviation in the series: how far this metric strays on its own."""
+        return max(self.deviations, default=0.0)
+
+    @cached_property
+    def recent_count(self) -> int:
+        """Points (possible or not) in the last `rate_window`: what the device sent lately."""
+        since = self.now - self.thresholds.rate_window
+        return sum(1 for t in self.times if since < t <= self.now)
+
+
+Check = Callable[[Profile, Sequence[Profile]], Evidence | None]
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One entry of the catalogue: a check returns evidence when it sees its fault.
+
+    A finding is dropped when the same series also raised a flag in `yields_to`: a flag that
+    explains it better (a stuck sensor's median is off the peers' too, but it is stuck).
+    """
+
+    name: str
+    flag: str
+    severity: Severity
+    check: Check
+    description: str
+    yields_to: frozenset[str] = field(default_factory=frozenset)
+    metrics: frozenset[str] | None = None  # the metrics it judges; None: every metric
+    skips: frozenset[str] = field(default_factory=frozenset)  # metrics it never judges
+
+
+def _num(value: float) -> float:
+    """A number as an operator reads it: six significant digits."""
+    return float(f"{value:.6g}")
+
+
+def check_out_of_range(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    bad = subject.impossible
+    if not bad or subject.physical_range is None:
+        return None
+    values = [v for _, v in bad]
+    return {
+        "points": len(bad),
+        "of": len(subject.series.points),
+        "range": list(subject.physical_range),
+        "lowest": min(values),
+        "highest": max(values),
+        "examples": values[:5],
+        "since": bad[0][0],
+        "last": bad[-1][0],
+    }
+
+
+def check_stuck(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    th = subject.thresholds
+    times, values = subject.clean
+    run = subject.flat_run
+    if run < th.stuck_min_points:
+        return None
+    since, value = times[-run], values[-1]
+    if times[-1] - since < th.stuck_min_seconds:
+        return None
+    if subject.physical_range and any(
+        abs(value - bound) <= th.stuck_epsilon for bound in subject.physical_range
+    ):
+        return None  # a full battery or an empty disk holds still for real
+    shares = [p.change_share for p in peers if p.change_share is not None]
+    before = values[: len(values) - run + 1]  # up to and including the run's first value
+    past = change_share(before, th.stuck_epsilon) if len(before) > th.stuck_min_points else None
+    if shares:
+        reference, source = median(shares), "peers"
+    elif past is not None:
+        reference, source = past, "own history"
+    else:
+        return None  # nothing to compare with: a value that never moves may be right
+    expected = reference * (run - 1)
+    if expected < th.stuck_expected_changes:
+        return None
+    return {
+        "value": value,
+        "points": run,
+        "since": since,
+        "seconds": _num(times[-1] - since),
+        "expected_changes": _num(expected),
+        "reference": source,
+    }
+
+
+def check_silent(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    th = subject.thresholds
+    interval = subject.expected_interval or subject.interval
+    if interval is None:
+        intervals = [p.interval for p in peers if p.interval is not None]
+        interval = median(intervals) if intervals else 0.0
+    quiet_after = max(th.silent_min_seconds, th.silent_intervals * interval)
+    last = subject.last
+    if last is not None and subject.now - last < quiet_after:
+        return None
+    reporting = sum(1 for p in peers if p.last is not None and subject.now - p.last < quiet_after)
+    if not peers or 2 * reporting <= len(peers):
+        return None  # the whole group is quiet: an outage, which is not this device's fault
+    return {
+        "last_point": last,
+        "silent_seconds": None if last is None else _num(subject.now - last),
+        "quiet_after": _num(quiet_after),
+        "peers_reporting": reporting,
+        "peers": len(peers),
+    }
+
+
+def check_flood(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    th = subject.thresholds
+    count = subject.recent_count
+    reporting = [p.recent_count for p in peers if p.recent_count > 0]
+    if subject.expected_interval:
+        reference, source = th.rate_window / subject.expected_interval, "expected interval"
+    elif reporting:
+        reference, source = median(reporting), "peers"
+    else:
+        since = subject.now - th.rate_window
+        before = [t for t in subject.times if t <= since]
+        if len(before) < th.min_points or before[-1] <= before[0]:
+            return None
+        reference = (len(before) - 1) / (before[-1] - before[0]) * th.rate_window
+        source = "own history"
+    if count < th.flood_factor * reference or count - reference < th.flood_min_excess:
+        return None
+    return {
+        "points": count,
+        "seconds": th.rate_window,
+        "expected_points": _num(reference),
+        "factor": _num(count / reference),
+        "reference": source,
+    }
+
+
+def check_spike(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    th = subject.thresholds
+    limit = th.spike_k
+    wildest = [p.wildest for p in peers if p.deviations]
+    if len(wildest) >= th.min_peers:
+        # Radio fades and load bursts stray far on every unit: a spike goes beyond the peers.
+        limit = max(limit, th.spike_peer_factor * median(wildest))
+    times, values = subject.clean
+    spikes = [i for i, d in enumerate(subject.deviations) if d > limit]
+    if not spikes:
+        return None
+    return {
+        "points": len(spikes),
+        "of": len(values),
+        "spikes": [
+            {"t": times[i], "v": values[i], "deviations": _num(subject.deviations[i])}
+            for i in spikes[:5]
+        ],
+        "limit": _num(limit),
+        "noise": _num(subject.noise),
+    }
+
+
+def check_noisy(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    th = subject.thresholds
+    noise = subject.recent_noise
+    references = [p.recent_noise for p in peers if p.recent_noise is not None]
+    if noise is None or len(references) < th.min_peers:
+        return None
+    peer_noise = median(references)
+    ratio = noise / max(peer_noise, subject.floor(th.noise_floor))
+    if ratio < th.noisy_factor:
+        return None
+    return {
+        "noise": _num(noise),
+        "peer_noise": _num(peer_noise),
+        "ratio": _num(ratio),
+        "points": len(subject.recent),
+        "peers": len(references),
+    }
+
+
+def check_peer_deviation(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
+    th = subject.thresholds
+    own = subject.recent_median
+    medians = [p.recent_median for p in peers if p.recent_median is not None]
+    if own is None or len(medians) < th.min_peers:
+        return None
+    peer_median = median(medians)
+    spread = max(mad(medians, peer_median), subject.floor(th.peer_min_spread))
+    # The device's own median is an estimate too: a noisy sensor's wanders more.
+    own_error = _MEDIAN_SE * (subject.recent_noise or 0.0) / math.sqrt(len(subject.recent))
+    z = (own - peer_median) / math.hypot(spread, own_error)
+    if abs(z) < th.peer_z:
+        return None
+    return {
+        "median": _num(own),
+        "peer_median": _num(peer_median),
+        "mad": _num(spread),
+        "z": _num(z),
+        "points": len(subject.recent),
+        "peers": len(medians),
+        "since": subject.now - th.recent_seconds,
+    }
+
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector(
+        "physical-range",
+        "out_of_range",
+        Severity.CRITICAL,
+        check_out_of_range,
+        "Readings outside the model's physical range for the metric.",
+    ),
+    Detector(
+        "flat-line",
+        "stuck_sensor",
+        Severity.CRITICAL,
+        check_stuck,
+        "The latest readings hold one value while the peers' (or its own earlier) ones change.",
+    ),
+    Detector(
+        "quiet",
+        "silent",
+        Severity.WARNING,
+        check_silent,
+        "No reading for several usual intervals while most peers keep reporting.",
+    ),
+    Detector(
+        "report-rate",
+        "flood",
+        Severity.CRITICAL,
+        check_flood,
+        "Far more readings lately than the expected interval, the peers or its past explain.",
+    ),
+    Detector(
+        "hampel",
+        "spike",
+        Severity.WARNING,
+        check_spike,
+        "Readings far from what their neighbours lead one to expect, farther than peers stray.",
+        yields_to=frozenset({"stuck_sensor", "noisy"}),
+        skips=ACTIVITY_METRICS,
+    ),
+    Detector(
+        "step-noise",
+        "noisy",
+        Severity.WARNING,
+        check_noisy,
+        "Step-to-step noise far above the peers' lately.",
+        skips=ACTIVITY_METRICS,
+    ),
+    Detector(
+        "peer-median",
+        "peer_deviation",
+        Severity.WARNING,
+        check_peer_deviation,
+        "The recent median far from the peers' recent medians, in MAD units.",
+        yields_to=frozenset({"stuck_sensor", "silent"}),
+        metrics=ENVIRONMENT_METRICS,
+    ),
+)
+
+FLAGS: tuple[str, ...] = tuple(dict.fromkeys(d.flag for d in DETECTORS))
+
+
+def run(
+    subject: Profile, peers: Sequence[Profile], detectors: Sequence[Detector] = DETECTORS
+) -> tuple[Finding, ...]:
+    """The findings of every detector on one profiled series, judged against its peers."""
+    seen: list[tuple[Detector, Evidence]] = []
+    metric = subject.series.metric
+    for detector in detectors:
+        if metric in detector.skips:
+            continue
+        if detector.metrics is not None and metric not in detector.metrics:
+            continue
+        evidence = detector.check(subject, peers)
+        if evidence is not None:
+            seen.append((detector, evidence))
+    raised = {detector.flag for detector, _ in seen}
+    return tuple(
+        Finding(detector.flag, metric, evidence, detector.severity)
+        for detector, evidence in seen
+        if not detector.yields_to & raised
+    )
+
+
+def detect(
+    series: Series,
+    *,
+    now: float,
+    peers: Iterable[Series] = (),
+    ranges: Mapping[str, Range] = DEFAULT_RANGES,
+    expected_interval: float | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    detectors: Sequence[Detector] = DETECTORS,
+) -> tuple[Finding, ...]:
+    """What is wrong with one device's series, judged against the same metric on its peers."""
+    group = [series, *peers]
+    if any(s.metric != series.metric for s in group):
+        raise ValueError(f"peers are judged on the same metric ({series.metric})")
+    profiles = _profiles(group, now, ranges, expected_interval, thresholds)
+    return run(profiles[0], profiles[1:], detectors)
+
+
+def detect_group(
+    series: Iterable[Series],
+    *,
+    now: float,
+    ranges: Mapping[str, Range] = DEFAULT_RANGES,
+    expected_interval: float | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    detectors: Sequence[Detector] = DETECTORS,
+) -> dict[str, tuple[Finding, ...]]:
+    """The findings of every device in a peer group (one model at one site), any metrics.
+
+    Each series is judged against the same metric on the group's other devices; every device
+    given is in the answer, a healthy one with no findings.
+    """
+    by_metric: dict[str, list[Series]] = {}
+    findings: dict[str, list[Finding]] = {}
+    for s in series:
+        by_metric.setdefault(s.metric, []).append(s)
+        findings.setdefault(s.device, [])
+    for metric, group in by_metric.items():
+        devices = [s.device for s in group]
+        if len(set(devices)) != len(devices):
+            raise ValueError(f"one series per device and metric ({metric} repeats a device)")
+        profiles = _profiles(group, now, ranges, expected_interval, thresholds)
+        for i, subject in enumerate(profiles):
+            peers = profiles[:i] + profiles[i + 1 :]
+            findings[subject.series.device].extend(run(subject, peers, detectors))
+    return {device: tuple(found) for device, found in findings.items()}
+
+
+def _profiles(
+    group: Sequence[Series],
+    now: float,
+    ranges: Mapping[str, Range],
+    expected_interval: float | None,
+    thresholds: Thresholds,
+) -> list[Profile]:
+    return [
+        Profile(
+            s,
+            now=now,
+            physical_range=ranges.get(s.metric),
+            expected_interval=expected_interval,
+            thresholds=thresholds,
+        )
+        for s in group
+    ]
