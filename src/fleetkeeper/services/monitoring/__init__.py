@@ -2,7 +2,8 @@
 
 - `detectors`: faulty sensors and misbehaving devices (stuck values, readings outside the
   physical range, spikes, deviation from peers, noise, floods, silence), a catalogue of
-  detectors that turn a device's series and its peers' into health flags with evidence.
+  detectors that turn a device's series and its peers' into health flags with evidence;
+  `profile`: the statistics of one series they all read (median, MAD, step noise, rates).
 - `forecast`: predictive maintenance from history (battery health and the date a unit needs
   a new battery, storage-full estimates), fitted trends with an uncertainty band.
 
