@@ -29,6 +29,7 @@ from fleetkeeper.api.routes import (
     models,
     provisioning,
     security,
+    telemetry,
     tokens,
     users,
 )
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         tokens.router,
         users.router,
         deployments.router,
+        telemetry.router,
         device.router,
         artifacts.router,
         device_artifacts.router,

@@ -23,6 +23,7 @@ from fleetkeeper.cli import (
     provisioning,
     server,
     simulate,
+    telemetry,
     tokens,
     users,
 )
@@ -77,6 +78,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")
 app.command("agent")(agent.agent)
+app.command("telemetry")(telemetry.telemetry)
 app.command("simulate")(simulate.simulate)
 app.command("demo")(demo.demo)
 

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.errors import Invalid
+from fleetkeeper.services.rollout.policy import parse_duration
 from fleetkeeper.store.db import dialect_of
 from fleetkeeper.store.models import TelemetryPoint
 
@@ -24,6 +27,7 @@ MAX_POINTS = 1000
 MAX_FUTURE = timedelta(minutes=5)
 MAX_AGE = timedelta(days=30)
 _METRIC = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NUMBER = re.compile(r"^\d+(\.\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,89 @@ async def store(session: AsyncSession, device_id: str, rows: list[dict[str, Any]
     values = [{"device_id": device_id, **r} for r in rows]
     insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
     await session.execute(insert(TelemetryPoint).on_conflict_do_nothing(), values)
+
+
+# --- reading it back -------------------------------------------------------------------------
+
+MAX_RAW = 10_000  # raw points in one answer at most
+AUTO_RAW_SPAN = timedelta(hours=6)  # without a step, ranges up to this come back raw
+AUTO_BUCKETS = 500  # ...and longer ones in about this many buckets
+
+
+def parse_time(text: str, now: datetime, field: str) -> datetime:
+    """An ISO 8601 time (with a zone), Unix seconds, or a time relative to now (`-1h`)."""
+    raw = text.strip()
+    if raw.startswith("-"):
+        try:
+            seconds = parse_duration(raw[1:])
+        except ValueError:
+            seconds = None
+        if not isinstance(seconds, float):
+            raise Invalid(f"{text!r} is not a time like -15m, -2h or -7d", field=field)
+        return now - timedelta(seconds=seconds)
+    try:
+        return _timestamp(float(raw) if _NUMBER.match(raw) else raw)
+    except ValueError as exc:
+        raise Invalid(f"{field}: {exc}", field=field) from None
+
+
+def pick_step(start: datetime, end: datetime, step: float | None) -> float | None:
+    """The bucket width for a range: as asked, raw for short ranges, else ~500 buckets."""
+    if step is not None:
+        return step or None
+    span = end - start
+    if span <= AUTO_RAW_SPAN:
+        return None
+    for width in (60, 300, 900, 3600, 6 * 3600, 86400):
+        if span.total_seconds() / width <= AUTO_BUCKETS:
+            return float(width)
+    return 86400.0
+
+
+async def series(
+    session: AsyncSession,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    step: float | None,
+) -> list[dict[str, Any]]:
+    """Raw points `{t, v}`, or with a step one bucket per step `{t, v, min, max, avg, count}`."""
+    where = (
+        TelemetryPoint.device_id == device_id,
+        TelemetryPoint.metric == metric,
+        TelemetryPoint.ts >= start,
+        TelemetryPoint.ts < end,
+    )
+    if step is None:
+        rows = await session.execute(
+            select(TelemetryPoint.ts, TelemetryPoint.value)
+            .where(*where)
+            .order_by(TelemetryPoint.ts)
+            .limit(MAX_RAW)
+        )
+        return [{"t": ts, "v": value} for ts, value in rows]
+    epoch = (
+        func.extract("epoch", TelemetryPoint.ts)
+        if dialect_of(session) == "postgresql"
+        else (func.julianday(TelemetryPoint.ts) - 2440587.5) * 86400.0
+    )
+    bucket = func.floor(epoch / step).label("bucket")
+    buckets = await session.execute(
+        select(
+            bucket,
+            func.min(TelemetryPoint.value),
+            func.max(TelemetryPoint.value),
+            func.avg(TelemetryPoint.value),
+            func.count(),
+        )
+        .where(*where)
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    out = []
+    for index, low, high, mean, count in buckets:
+        t = datetime.fromtimestamp(int(index) * step, tz=UTC)
+        avg = float(mean)
+        out.append({"t": t, "v": avg, "min": low, "max": high, "avg": avg, "count": count})
+    return out
