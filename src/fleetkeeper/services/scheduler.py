@@ -32,7 +32,7 @@ from fleetkeeper.services.rollout import health, planner, windows
 from fleetkeeper.services.rollout.execution import ACTIVE, State
 from fleetkeeper.services.rollout.policy import RolloutPolicy, Window
 from fleetkeeper.services.selection import QueryScope, compile_for
-from fleetkeeper.store.db import Database, dialect_of
+from fleetkeeper.store.db import Database, dialect_of, epoch_seconds
 from fleetkeeper.store.models import (
     Artifact,
     Deployment,
@@ -515,11 +515,7 @@ async def _rebooted(session: AsyncSession, members: Any, now: datetime) -> int:
     time; a reboot moves it later. Devices that do not report `uptime` count as not rebooted.
     """
     ts = TelemetryPoint.ts
-    epoch = (
-        func.extract("epoch", ts)
-        if dialect_of(session) == "postgresql"
-        else (func.julianday(ts) - 2440587.5) * 86400.0
-    )
+    epoch = epoch_seconds(session, ts)
     boot = epoch - TelemetryPoint.value
     booted = (
         select(TelemetryPoint.device_id)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.errors import Invalid
 from fleetkeeper.services.rollout.policy import parse_duration
-from fleetkeeper.store.db import dialect_of
+from fleetkeeper.store.db import dialect_of, epoch_seconds
 from fleetkeeper.store.models import TelemetryPoint
 
 MAX_POINTS = 1000
@@ -167,11 +167,7 @@ async def series(
             .limit(MAX_RAW)
         )
         return [{"t": ts, "v": value} for ts, value in rows]
-    epoch = (
-        func.extract("epoch", TelemetryPoint.ts)
-        if dialect_of(session) == "postgresql"
-        else (func.julianday(TelemetryPoint.ts) - 2440587.5) * 86400.0
-    )
+    epoch = epoch_seconds(session, TelemetryPoint.ts)
     bucket = func.floor(epoch / step).label("bucket")
     buckets = await session.execute(
         select(

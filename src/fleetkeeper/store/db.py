@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, func
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -78,6 +78,16 @@ class Database:
 def dialect_of(session: AsyncSession) -> str:
     """ "sqlite" or "postgresql": the database a session talks to."""
     return session.get_bind().dialect.name
+
+
+def epoch_seconds(session: AsyncSession, column: Any) -> Any:
+    """SQL for a UTCDateTime column as Unix seconds, on either database."""
+    if dialect_of(session) == "postgresql":
+        return func.extract("epoch", column)
+    return (func.julianday(column) - _UNIX_EPOCH_JULIAN_DAY) * 86400.0
+
+
+_UNIX_EPOCH_JULIAN_DAY = 2440587.5
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
