@@ -27,7 +27,6 @@ from fleetkeeper.services.context import Change, Principal
 from fleetkeeper.services.rollout import planner, windows
 from fleetkeeper.services.rollout.execution import (
     CANCELABLE,
-    FINAL,
     UNSUCCESSFUL,
     Reason,
     State,
@@ -46,7 +45,6 @@ from fleetkeeper.store.models import (
 
 # Devices that can take a job; others in the target are skipped with `device_inactive`.
 RECEPTIVE = frozenset({"active", "maintenance", "quarantined"})
-COMMANDS_NEED_NO_ARTIFACT = ("reboot", "factory_reset", "config_push")
 
 
 @dataclass(frozen=True)
@@ -395,10 +393,13 @@ async def _reasons(
 
 
 async def view(
-    session: AsyncSession, deployment: Deployment, now: datetime, snapshot: planner.Snapshot | None
+    session: AsyncSession,
+    deployment: Deployment,
+    now: datetime,
+    snapshot: planner.Snapshot | None,
+    by_phase: dict[int, Counter[str]],
 ) -> dict[str, Any]:
-    """The progress document of `GET /api/v1/deployments/{id}`."""
-    by_phase = await phase_counts(session, deployment.id)
+    """The progress document of `GET /api/v1/deployments/{id}` (`by_phase`: `phase_counts`)."""
     counts: Counter[str] = Counter()
     for states in by_phase.values():
         counts.update(states)
@@ -648,7 +649,3 @@ async def retry_failed(session: AsyncSession, change: Change, deployment_id: str
         after={"requeued": count},
     )
     return count
-
-
-def is_final(state: str) -> bool:
-    return state in FINAL

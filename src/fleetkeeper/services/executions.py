@@ -16,7 +16,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.errors import Conflict, Invalid, NotFound
-from fleetkeeper.services import audit
+from fleetkeeper.services import audit, deployments
 from fleetkeeper.services.context import Change
 from fleetkeeper.services.rollout import planner
 from fleetkeeper.services.rollout.execution import (
@@ -74,7 +74,7 @@ def job(
     execution: Execution, deployment: Deployment, artifact: Artifact | None, now: datetime
 ) -> dict[str, Any]:
     """The job document of docs/ota.md, "Jobs at check-in"."""
-    policy = RolloutPolicy.model_validate(deployment.policy)
+    policy = deployments.policy_of(deployment)
     rollback = execution.state == State.ROLLING_BACK
     kind = "rollback" if rollback else deployment.kind
     timeouts = policy.timeouts
@@ -181,8 +181,15 @@ async def report(
         raise Invalid(f"a {new} report needs a reason", field="reason", code="invalid")
     if body.get("cancel_refused") and execution.cancel_requested:
         execution.cancel_requested = False
-        await _note(session, deployment, "cancel_refused", device, now, execution.state)
-    policy = RolloutPolicy.model_validate(deployment.policy)
+        await deployments.event(
+            session,
+            deployment,
+            "cancel_refused",
+            f"device:{device.id}",
+            now,
+            {"state": execution.state},
+        )
+    policy = deployments.policy_of(deployment)
     _move(execution, new, now, policy)
     execution.deliver = False
     execution.progress = body.get("progress")
@@ -280,7 +287,7 @@ async def time_out(
         if execution.deployment_id not in policies:
             deployment = await session.get(Deployment, execution.deployment_id)
             assert deployment is not None
-            policies[deployment.id] = RolloutPolicy.model_validate(deployment.policy)
+            policies[deployment.id] = deployments.policy_of(deployment)
         execution.last_active = execution.state
         execution.state = State.TIMED_OUT
         execution.reason = Reason.TIMED_OUT
@@ -299,16 +306,3 @@ def _runs(device: Device, version: str, now: datetime) -> None:
         device.firmware_version = version
         device.firmware_key = firmware_key(version)
         device.updated_at = now
-
-
-async def _note(
-    session: AsyncSession,
-    deployment: Deployment,
-    kind: str,
-    device: Device,
-    now: datetime,
-    state: str,
-) -> None:
-    from fleetkeeper.services.deployments import event
-
-    await event(session, deployment, kind, f"device:{device.id}", now, {"state": state})

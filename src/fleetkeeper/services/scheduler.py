@@ -17,7 +17,7 @@ import random
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,7 +132,14 @@ class Scheduler:
             snap = await snapshot(session, deployment, policy, now)
             snap = await self._with_health(session, deployment, policy, snap, now)
             plan = planner.plan(snap, now)
-            woken = await apply(session, deployment, policy, plan, now, self.rng)
+            woken = await apply(
+                session,
+                deployment,
+                policy,
+                plan,
+                self.rng,
+                system_scope(None, now, self.online_window),
+            )
             deployment.lease_owner = self.owner
             if plan.rollout.state != snap.rollout.state:
                 out.changes.append((deployment.id, plan.rollout.state))
@@ -145,8 +152,7 @@ class Scheduler:
         if last is not None and now - last < CONTINUOUS_EVERY:
             return
         self._continuous[deployment.id] = now
-        principal = Principal(actor="system", role="admin", tenant_id=deployment.tenant_id)
-        scope = QueryScope(principal=principal, now=now, online_window=self.online_window)
+        scope = system_scope(deployment.tenant_id, now, self.online_window)
         found = await deployments.targets(session, scope, deployment.target, deployment.id)
         if not found:
             return
@@ -176,7 +182,13 @@ class Scheduler:
             self._health[deployment.id] = (now, verdict)
         else:
             verdict = last[1]
-        return planner.Snapshot(**{**snap.__dict__, "health": verdict})
+        return replace(snap, health=verdict)
+
+
+def system_scope(tenant_id: str | None, now: datetime, online_window: timedelta) -> QueryScope:
+    """The scheduler's view of the fleet: every device of the tenant (all, for None)."""
+    principal = Principal(actor=SYSTEM.actor, role="admin", tenant_id=tenant_id)
+    return QueryScope(principal=principal, now=now, online_window=online_window)
 
 
 # --- reading the state -----------------------------------------------------------------------
@@ -198,11 +210,17 @@ def rollout_state(deployment: Deployment) -> planner.RolloutState:
 
 
 async def snapshot(
-    session: AsyncSession, deployment: Deployment, policy: RolloutPolicy, now: datetime
+    session: AsyncSession,
+    deployment: Deployment,
+    policy: RolloutPolicy,
+    now: datetime,
+    by_phase: dict[int, Counter[str]] | None = None,
 ) -> planner.Snapshot:
-    """What the planner needs to know about the deployment, from its executions."""
+    """What the planner needs to know about the deployment, from its executions
+    (`by_phase`: `deployments.phase_counts`, when the caller has them already)."""
     mine = Execution.deployment_id == deployment.id
-    by_phase = await deployments.phase_counts(session, deployment.id)
+    if by_phase is None:
+        by_phase = await deployments.phase_counts(session, deployment.id)
     failures = await deployments.failure_counts(session, deployment.id)
     ready = await _ready_by_phase(session, deployment, policy, now)
     acknowledged = deployment.acknowledged or {}
@@ -292,10 +310,15 @@ async def apply(
     deployment: Deployment,
     policy: RolloutPolicy,
     plan: planner.Plan,
-    now: datetime,
     rng: random.Random,
+    scope: QueryScope,
 ) -> list[tuple[str, datetime]]:
-    """Persist the planner's decision; the devices notified and when they may hear of it."""
+    """Persist the planner's decision; the devices notified and when they may hear of it.
+
+    `scope` is the scheduler's (`system_scope`): its time is the tick's, and group windows
+    resolve their members through it.
+    """
+    now = scope.now
     before = deployment.state
     new = plan.rollout
     deployment.state = new.state
@@ -322,7 +345,7 @@ async def apply(
         await deployments.wind_down(session, deployment, now, rollback=False, started_too=False)
     woken: list[tuple[str, datetime]] = []
     if plan.notify > 0 and new.state == planner.RUNNING:
-        woken = await notify(session, deployment, policy, plan.notify, now, rng)
+        woken = await notify(session, deployment, policy, plan.notify, rng, scope)
     if new.state in (planner.RUNNING, planner.SCHEDULED):
         nxt = plan.next_tick_at or now + MAX_IDLE
         deployment.next_tick_at = min(nxt, now + MAX_IDLE) if nxt > now else now + MAX_IDLE
@@ -336,10 +359,11 @@ async def notify(
     deployment: Deployment,
     policy: RolloutPolicy,
     count: int,
-    now: datetime,
     rng: random.Random,
+    scope: QueryScope,
 ) -> list[tuple[str, datetime]]:
     """Notify up to `count` ready executions, in phase and position order, with start jitter."""
+    now = scope.now
     artifact = (
         await session.get(Artifact, deployment.artifact_id) if deployment.artifact_id else None
     )
@@ -363,7 +387,7 @@ async def notify(
         rows = list(await session.execute(stmt))
         seen += len(rows)
         closed = await _closed_by_groups(
-            session, group_windows, [r[0].device_id for r in rows], now, policy
+            session, group_windows, [r[0].device_id for r in rows], scope, policy
         )
         for execution, firmware, attributes in rows:
             if len(picked) == count:
@@ -412,7 +436,7 @@ async def _closed_by_groups(
     session: AsyncSession,
     groups: list[tuple[Group, list[Window]]],
     device_ids: list[str],
-    now: datetime,
+    scope: QueryScope,
     policy: RolloutPolicy,
 ) -> set[str]:
     """The devices a group's windows hold back now (every such group must allow a start)."""
@@ -420,10 +444,8 @@ async def _closed_by_groups(
     if not device_ids:
         return closed
     for group, group_windows in groups:
-        if windows.can_start(group_windows, now, policy.expected_duration):
+        if windows.can_start(group_windows, scope.now, policy.expected_duration):
             continue
-        principal = Principal(actor="system", role="admin", tenant_id=None)
-        scope = QueryScope(principal=principal, now=now, online_window=timedelta(minutes=5))
         where = await compile_for(
             session, scope, f'group:"{group.name}"', tenant_id=group.tenant_id
         )

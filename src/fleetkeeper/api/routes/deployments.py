@@ -30,8 +30,11 @@ Cursor = Annotated[
 
 async def _out(state: AppState, session: AsyncSession, deployment: Deployment) -> DeploymentOut:
     now = state.clock.now()
-    snap = await scheduler.snapshot(session, deployment, deployments.policy_of(deployment), now)
-    return DeploymentOut.model_validate(await deployments.view(session, deployment, now, snap))
+    by_phase = await deployments.phase_counts(session, deployment.id)
+    policy = deployments.policy_of(deployment)
+    snap = await scheduler.snapshot(session, deployment, policy, now, by_phase)
+    shown = await deployments.view(session, deployment, now, snap, by_phase)
+    return DeploymentOut.model_validate(shown)
 
 
 @router.post(
