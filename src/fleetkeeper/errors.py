@@ -8,7 +8,8 @@ FleetkeeperError            500  something the operator cannot fix by changing t
 ├── NotFound                404
 ├── Conflict                409  duplicate serial, name taken, state does not allow it
 ├── PayloadTooLarge         413
-└── Invalid                 422  well-formed but wrong (unknown model, per-row import errors)
+├── Invalid                 422  well-formed but wrong (unknown model, per-row import errors)
+└── Unavailable             503  the server cannot do it now; the same request may work later
 """
 
 from __future__ import annotations
@@ -67,3 +68,8 @@ class PayloadTooLarge(FleetkeeperError):
 class Invalid(FleetkeeperError):
     status = 422
     title = "Invalid input"
+
+
+class Unavailable(FleetkeeperError):
+    status = 503
+    title = "Service unavailable"

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
         description="How often the rollout scheduler looks at due deployments; 0 turns it off "
         "in this process (another replica, or a test, drives it).",
     )
+    telemetry_raw_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description="Raw telemetry points are kept this long; it is also how late a point may "
+        "arrive (a device back from a long outage sends what it queued).",
+    )
+    telemetry_minute_retention_days: int = Field(
+        default=90, ge=1, description="1-minute roll-ups (min/max/avg/count) are kept this long."
+    )
+    telemetry_hour_retention_days: int = Field(
+        default=730, ge=1, description="1-hour roll-ups are kept this long."
+    )
     require_reason: bool = Field(
         default=False,
         description="Refuse operator changes (update, delete) that carry no reason.",

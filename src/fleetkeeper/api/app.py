@@ -68,6 +68,7 @@ async def _housekeeping(state: AppState, every: float = 1.0) -> None:
             await state.device_cache.forget_changed(state.db, state.clock.now())
             if ticks % 2 == 0:
                 await state.presence.flush(state.db)
+            await state.telemetry_upkeep.tick(state.clock.now())
         except Exception:  # a failed round keeps its data for the next one
             log.exception("background housekeeping failed; will retry")
 
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.ingestor.close()
             await state.presence.flush(db)
             await db.dispose()
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 from fleetkeeper.clock import Clock
 from fleetkeeper.services.device_cache import DeviceCache
 from fleetkeeper.services.identity import ServerKeys
+from fleetkeeper.services.ingest import Ingestor, Upkeep
 from fleetkeeper.services.notify import Notifier
 from fleetkeeper.services.pending import PendingIndex
 from fleetkeeper.services.presence import Presence
@@ -19,6 +20,7 @@ from fleetkeeper.services.scheduler import Scheduler
 from fleetkeeper.settings import Settings
 from fleetkeeper.store.artifacts import ArtifactStore
 from fleetkeeper.store.db import Database
+from fleetkeeper.store.timeseries import Retention
 
 
 @dataclass
@@ -35,6 +37,8 @@ class AppState:
     device_cache: DeviceCache = field(default_factory=DeviceCache)
     pending: PendingIndex = field(init=False)
     scheduler: Scheduler = field(init=False)
+    ingestor: Ingestor = field(init=False)
+    telemetry_upkeep: Upkeep = field(init=False)
     scheduler_kicked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -45,6 +49,8 @@ class AppState:
             wake=self._wake,
             online_window=timedelta(seconds=self.settings.online_window_seconds),
         )
+        self.ingestor = Ingestor(self.db)
+        self.telemetry_upkeep = Upkeep(self.ingestor.series, self.retention)
 
     def _wake(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
@@ -53,6 +59,15 @@ class AppState:
     def kick_scheduler(self) -> None:
         """Look at due deployments now rather than at the next interval."""
         self.scheduler_kicked.set()
+
+    @property
+    def retention(self) -> Retention:
+        days = self.settings
+        return Retention(
+            raw=timedelta(days=days.telemetry_raw_retention_days),
+            minute=timedelta(days=days.telemetry_minute_retention_days),
+            hour=timedelta(days=days.telemetry_hour_retention_days),
+        )
 
     @property
     def online_window(self) -> timedelta:

@@ -1,8 +1,15 @@
-"""Telemetry ingestion: validate each point on its own, keep the good ones.
+"""Telemetry in and out: validate each point on its own, read series back at any range.
 
 A batch with bad points is accepted in part: every rejected point is named with its reason,
 and nothing already accepted is lost. Resending a batch is harmless: a point is keyed by
-device, metric and time, and a repeat is ignored.
+device, metric and time, and a repeat is ignored. Points are stored by `services/ingest.py`
+(group commit) into `store/timeseries.py` (raw points, roll-ups, latest values).
+
+A point carries its device's time; late and out-of-order points are welcome up to the raw
+retention (`late_window`) in the past, and up to `MAX_FUTURE` ahead of the server's clock.
+
+Reading picks the cheapest table that answers: raw points for a raw series or an odd step,
+the 1-minute roll-ups for steps in whole minutes, the 1-hour roll-ups for whole hours.
 """
 
 from __future__ import annotations
@@ -14,18 +21,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.errors import Invalid
 from fleetkeeper.services.rollout.policy import parse_duration
-from fleetkeeper.store.db import dialect_of, epoch_seconds
-from fleetkeeper.store.models import TelemetryPoint
+from fleetkeeper.store.db import epoch_seconds
+from fleetkeeper.store.models import TelemetryHour, TelemetryMinute, TelemetryPoint
+from fleetkeeper.store.timeseries import Point
 
 MAX_POINTS = 1000
 MAX_FUTURE = timedelta(minutes=5)
-MAX_AGE = timedelta(days=30)
+DEFAULT_LATE_WINDOW = timedelta(days=30)
 _METRIC = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NUMBER = re.compile(r"^\d+(\.\d+)?$")
 
@@ -57,7 +63,9 @@ def _timestamp(raw: Any) -> datetime:
     raise ValueError("ts must be an ISO 8601 time or Unix seconds")
 
 
-def validate(points: list[Any], now: datetime) -> tuple[list[dict[str, Any]], list[Rejected]]:
+def validate(
+    points: list[Any], now: datetime, late_window: timedelta = DEFAULT_LATE_WINDOW
+) -> tuple[list[dict[str, Any]], list[Rejected]]:
     """Split a batch into rows to store and rejections with reasons (pure function)."""
     good: dict[tuple[str, datetime], dict[str, Any]] = {}
     rejected: list[Rejected] = []
@@ -81,8 +89,8 @@ def validate(points: list[Any], now: datetime) -> tuple[list[dict[str, Any]], li
             ts = _timestamp(point.get("ts"))
             if ts > now + MAX_FUTURE:
                 raise ValueError(f"ts is {_span(ts - now)} in the future")
-            if ts < now - MAX_AGE:
-                raise ValueError(f"ts is older than {MAX_AGE.days} days")
+            if ts < now - late_window:
+                raise ValueError(f"ts is older than the late window of {_span(late_window)}")
         except ValueError as exc:
             rejected.append(Rejected(i, str(exc)))
             continue
@@ -99,12 +107,9 @@ def _span(delta: timedelta) -> str:
     return f"{seconds / 60:.0f} minutes"
 
 
-async def store(session: AsyncSession, device_id: str, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    values = [{"device_id": device_id, **r} for r in rows]
-    insert = pg_insert if dialect_of(session) == "postgresql" else sqlite_insert
-    await session.execute(insert(TelemetryPoint).on_conflict_do_nothing(), values)
+def points_of(device_id: str, rows: list[dict[str, Any]]) -> list[Point]:
+    """Validated rows of one device as the store's points."""
+    return [(device_id, r["metric"], r["ts"], r["value"]) for r in rows]
 
 
 # --- reading it back -------------------------------------------------------------------------
@@ -151,8 +156,11 @@ async def series(
     start: datetime,
     end: datetime,
     step: float | None,
+    *,
+    rollups: bool = True,
 ) -> list[dict[str, Any]]:
-    """Raw points `{t, v}`, or with a step one bucket per step `{t, v, min, max, avg, count}`."""
+    """Raw points `{t, v}`, or with a step one bucket per step `{t, v, min, max, avg, count}`
+    (from the roll-ups when the step is whole minutes or hours, unless `rollups` is False)."""
     where = (
         TelemetryPoint.device_id == device_id,
         TelemetryPoint.metric == metric,
@@ -167,6 +175,9 @@ async def series(
             .limit(MAX_RAW)
         )
         return [{"t": ts, "v": value} for ts, value in rows]
+    rollup = _rollup_for(step) if rollups else None
+    if rollup is not None:
+        return await _from_rollup(session, rollup, device_id, metric, start, end, step)
     epoch = epoch_seconds(session, TelemetryPoint.ts)
     bucket = func.floor(epoch / step).label("bucket")
     buckets = await session.execute(
@@ -174,16 +185,67 @@ async def series(
             bucket,
             func.min(TelemetryPoint.value),
             func.max(TelemetryPoint.value),
-            func.avg(TelemetryPoint.value),
+            func.sum(TelemetryPoint.value),
             func.count(),
         )
         .where(*where)
         .group_by(bucket)
         .order_by(bucket)
     )
+    return _buckets(buckets, step)
+
+
+Rollup = type[TelemetryMinute] | type[TelemetryHour]
+
+
+def _rollup_for(step: float) -> Rollup | None:
+    """The roll-up table whose buckets tile a step exactly, the coarser the better."""
+    for table, width in ((TelemetryHour, 3600), (TelemetryMinute, 60)):
+        if step >= width and step % width == 0:
+            return table
+    return None
+
+
+async def _from_rollup(
+    session: AsyncSession,
+    table: Rollup,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    step: float,
+) -> list[dict[str, Any]]:
+    # A roll-up bucket belongs to the range when it starts in it: ranges snap to its width.
+    epoch = epoch_seconds(session, table.bucket)
+    bucket = func.floor(epoch / step).label("bucket")
+    rows = await session.execute(
+        select(
+            bucket,
+            func.min(table.min_value),
+            func.max(table.max_value),
+            func.sum(table.sum_value),
+            func.sum(table.count),
+        )
+        .where(
+            table.device_id == device_id,
+            table.metric == metric,
+            table.bucket >= _floor(start, 3600 if table is TelemetryHour else 60),
+            table.bucket < end,
+        )
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    return _buckets(rows, step)
+
+
+def _floor(when: datetime, width: int) -> datetime:
+    return datetime.fromtimestamp(when.timestamp() // width * width, tz=UTC)
+
+
+def _buckets(rows: Any, step: float) -> list[dict[str, Any]]:
     out = []
-    for index, low, high, mean, count in buckets:
+    for index, low, high, total, count in rows:
         t = datetime.fromtimestamp(int(index) * step, tz=UTC)
-        avg = float(mean)
-        out.append({"t": t, "v": avg, "min": low, "max": high, "avg": avg, "count": count})
+        avg = float(total) / int(count)
+        out.append({"t": t, "v": avg, "min": low, "max": high, "avg": avg, "count": int(count)})
     return out

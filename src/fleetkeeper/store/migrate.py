@@ -14,6 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from fleetkeeper.store import partitions
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_KEY = 0x466B6D67  # "Fkmg": replicas starting together migrate one at a time
 
@@ -26,6 +28,8 @@ def include_object_for(dialect: str) -> Callable[..., bool]:
     """Alembic filter: PostgreSQL-only indexes neither exist nor are missing elsewhere."""
 
     def include(_obj: Any, name: str | None, type_: str, _reflected: bool, _other: Any) -> bool:
+        if type_ == "table" and name is not None and partitions.is_partition(name):
+            return False  # the days of the partitioned telemetry table (store/partitions.py)
         return not (type_ == "index" and name in POSTGRES_ONLY_INDEXES and dialect != "postgresql")
 
     return include

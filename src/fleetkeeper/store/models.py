@@ -73,6 +73,10 @@ class DeviceModel(Base):
     description: Mapped[str | None] = mapped_column(Text)
     capabilities: Mapped[list[str]] = mapped_column(JSONType, default=list)
     config_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Monitoring: a unit of this model counts as offline after this long without a check-in
+    # (None: the server's online window), and its sensors' physical ranges {metric: [lo, hi]}.
+    offline_after_seconds: Mapped[int | None] = mapped_column(Integer)
+    metric_ranges: Mapped[dict[str, list[float]] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -248,8 +252,132 @@ class TelemetryPoint(Base):
         ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
     )
     metric: Mapped[str] = mapped_column(String(64), primary_key=True)
-    ts: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)  # device time
     value: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # server time
+
+
+class _Rollup:
+    """min/max/sum/count of one metric of one device over one bucket (its start time)."""
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    min_value: Mapped[float] = mapped_column(Float)
+    max_value: Mapped[float] = mapped_column(Float)
+    sum_value: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class TelemetryMinute(_Rollup, Base):
+    __tablename__ = "telemetry_1m"
+    __table_args__ = (Index("ix_telemetry_1m_bucket", "bucket"),)
+
+
+class TelemetryHour(_Rollup, Base):
+    __tablename__ = "telemetry_1h"
+    __table_args__ = (Index("ix_telemetry_1h_bucket", "bucket"),)
+
+
+class TelemetryLatest(Base):
+    """Each device's newest reading of each metric: what fleet queries (`battery < 20`) read."""
+
+    __tablename__ = "telemetry_latest"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_telemetry_latest_metric_value", "metric", "value"),)
+
+
+class DeviceHealth(Base):
+    """A health flag a device carries now (a detector's finding), with its evidence."""
+
+    __tablename__ = "device_health"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    flag: Mapped[str] = mapped_column(String(40), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for device-wide
+    detector: Mapped[str] = mapped_column(String(40))
+    severity: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_device_health_flag", "flag", "device_id"),)
+
+
+class MonitorEvent(Base):
+    """What monitoring saw happen to a device: health flags raised and cleared, geofences
+    entered and left. The alerting engine reads these."""
+
+    __tablename__ = "monitor_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (Index("ix_monitor_events_device_at", "device_id", "at"),)
+
+
+class DevicePosition(Base):
+    """Where a device said it was, and when (server time of the report)."""
+
+    __tablename__ = "device_positions"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    alt: Mapped[float | None] = mapped_column(Float)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+
+
+class Geofence(Base):
+    """An area of a tenant (a site's yard, a city): a circle or a polygon, in WGS 84."""
+
+    __tablename__ = "geofences"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    site: Mapped[str | None] = mapped_column(String(100))
+    shape: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_geofences_tenant_name"),)
+
+
+class GeofencePresence(Base):
+    """A device inside a geofence, since when: what turns positions into enter/leave events."""
+
+    __tablename__ = "geofence_presence"
+
+    geofence_id: Mapped[str] = mapped_column(
+        ForeignKey("geofences.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_geofence_presence_device", "device_id"),)
 
 
 class DeviceLog(Base):

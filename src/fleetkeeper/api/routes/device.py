@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from fleetkeeper.api.deps import StateDep
 from fleetkeeper.api.device_auth import ActiveDeviceDep, DeviceDep, refuse, refuse_if_retired
-from fleetkeeper.errors import BadRequest, Forbidden, Unauthenticated
+from fleetkeeper.errors import BadRequest, Forbidden, Unauthenticated, Unavailable
 from fleetkeeper.ids import uuid7
 from fleetkeeper.schemas.common import Input
 from fleetkeeper.schemas.deployments import JobAnswerOut, JobOut, JobReportIn
@@ -26,6 +26,7 @@ from fleetkeeper.services import (
     telemetry,
 )
 from fleetkeeper.services.context import Change
+from fleetkeeper.services.ingest import IngestFailed
 from fleetkeeper.services.provisioning import device_principal
 from fleetkeeper.store.models import Device, DeviceLog
 
@@ -327,10 +328,12 @@ async def inventory(state: StateDep, device: ActiveDeviceDep, body: InventoryIn)
 async def send_telemetry(
     state: StateDep, device: ActiveDeviceDep, body: TelemetryIn
 ) -> TelemetryOut:
-    rows, rejected = telemetry.validate(body.points, state.clock.now())
-    if rows:
-        async with state.db.write() as session:
-            await telemetry.store(session, device.id, rows)
+    now = state.clock.now()
+    rows, rejected = telemetry.validate(body.points, now, state.retention.raw)
+    try:
+        await state.ingestor.write(telemetry.points_of(device.id, rows), now)
+    except IngestFailed as exc:
+        raise Unavailable(str(exc), code="telemetry_not_stored") from None
     return TelemetryOut(
         accepted=len(rows),
         rejected=[RejectedPoint(index=r.index, reason=r.reason) for r in rejected],

@@ -1,0 +1,255 @@
+"""Telemetry storage: raw points, 1-minute and 1-hour roll-ups, each device's latest values.
+
+One `write` stores a batch of points from any number of devices in a handful of statements,
+whatever its size, on either database:
+
+1. the raw points, `ON CONFLICT DO NOTHING` (a resent point is ignored) with `RETURNING` the
+   rows that were new;
+2. the roll-ups of only those new rows, merged into the 1-minute and 1-hour tables with an
+   upsert that takes the min/max and adds the sums and counts, so a late or out-of-order
+   point lands in its own bucket and a repeat is never counted twice;
+3. the latest value per device and metric, replaced only by a newer point.
+
+The rows travel as one JSON document (SQLite's `json_each`) or as one array per column
+(PostgreSQL's `unnest`): a statement per batch, not per row, and no ORM on the hot path. On
+PostgreSQL the raw table is partitioned by day (`store/partitions.py`); `write` makes the
+partitions a batch needs before it inserts.
+
+Times are passed in the form each database stores them: SQLite holds text in SQLAlchemy's
+`YYYY-MM-DD HH:MM:SS.ffffff` (so buckets are prefixes of it), PostgreSQL naive UTC timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fleetkeeper.store import partitions
+from fleetkeeper.store.db import Database
+from fleetkeeper.store.models import TelemetryHour, TelemetryMinute, TelemetryPoint
+
+# (device_id, metric, ts as an aware UTC datetime, value)
+Point = tuple[str, str, datetime, float]
+ROLLUPS = (("telemetry_1m", 60), ("telemetry_1h", 3600))
+
+
+@dataclass(frozen=True)
+class Written:
+    points: int  # points given
+    new: int  # points stored (the others were already there)
+
+
+def sqlite_time(ts: datetime) -> str:
+    """An aware datetime as SQLite holds a UTCDateTime column."""
+    return f"{ts.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
+
+
+def _bucket_sqlite(width: int) -> Callable[[Any], Any]:
+    keep = 16 if width == 60 else 13  # "YYYY-MM-DD HH:MM" / "YYYY-MM-DD HH"
+    tail = ":00.000000" if width == 60 else ":00:00.000000"
+    return lambda ts: ts[:keep] + tail
+
+
+def _bucket_postgres(width: int) -> Callable[[Any], Any]:
+    if width == 60:
+        return lambda ts: ts.replace(second=0, microsecond=0)
+    return lambda ts: ts.replace(minute=0, second=0, microsecond=0)
+
+
+def aggregate(rows: Iterable[Sequence[Any]], bucket: Callable[[Any], Any]) -> list[tuple[Any, ...]]:
+    """Roll rows (device, metric, ts, value) up into (device, metric, bucket, min, max, sum, n),
+    sorted by key so concurrent writers lock roll-up rows in one order."""
+    out: dict[tuple[Any, Any, Any], list[Any]] = {}
+    for device, metric, ts, value in rows:
+        key = (device, metric, bucket(ts))
+        acc = out.get(key)
+        if acc is None:
+            out[key] = [value, value, value, 1]
+        else:
+            if value < acc[0]:
+                acc[0] = value
+            if value > acc[1]:
+                acc[1] = value
+            acc[2] += value
+            acc[3] += 1
+    return [(*key, *acc) for key, acc in sorted(out.items())]
+
+
+def latest(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The newest (device, metric, ts, value) of each device and metric, sorted by key."""
+    out: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for row in rows:
+        key = (row[0], row[1])
+        held = out.get(key)
+        if held is None or row[2] > held[2]:
+            out[key] = tuple(row)
+    return [out[key] for key in sorted(out)]
+
+
+class _Sqlite:
+    RAW = text(
+        "INSERT INTO telemetry (device_id, metric, ts, value, received_at) "
+        "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4 "
+        "FROM json_each(:rows) AS j WHERE true "
+        "ON CONFLICT DO NOTHING RETURNING device_id, metric, ts, value"
+    )
+    ROLLUP = (
+        "INSERT INTO {table} (device_id, metric, bucket, min_value, max_value, sum_value, count) "
+        "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, "
+        "j.value ->> 5, j.value ->> 6 FROM json_each(:rows) AS j WHERE true "
+        "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
+        "min_value = min(min_value, excluded.min_value), "
+        "max_value = max(max_value, excluded.max_value), "
+        "sum_value = sum_value + excluded.sum_value, count = count + excluded.count"
+    )
+    LATEST = text(
+        "INSERT INTO telemetry_latest (device_id, metric, ts, value) "
+        "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 "
+        "FROM json_each(:rows) AS j WHERE true "
+        "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+        "WHERE excluded.ts > telemetry_latest.ts"
+    )
+    bucket = staticmethod(_bucket_sqlite)
+
+    @staticmethod
+    def time(ts: datetime) -> Any:
+        return sqlite_time(ts)
+
+    @staticmethod
+    def params(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        return {"rows": json.dumps(rows, separators=(",", ":"))}
+
+
+class _Postgres:
+    RAW = text(
+        "INSERT INTO telemetry (device_id, metric, ts, value, received_at) "
+        "SELECT * FROM unnest(CAST(:c0 AS varchar[]), CAST(:c1 AS varchar[]), "
+        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[]), CAST(:c4 AS timestamp[])) "
+        "ON CONFLICT DO NOTHING RETURNING device_id, metric, ts, value"
+    )
+    ROLLUP = (
+        "INSERT INTO {table} (device_id, metric, bucket, min_value, max_value, sum_value, count) "
+        "SELECT * FROM unnest(CAST(:c0 AS varchar[]), CAST(:c1 AS varchar[]), "
+        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[]), CAST(:c4 AS float8[]), "
+        "CAST(:c5 AS float8[]), CAST(:c6 AS int[])) "
+        "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
+        "min_value = least({table}.min_value, excluded.min_value), "
+        "max_value = greatest({table}.max_value, excluded.max_value), "
+        "sum_value = {table}.sum_value + excluded.sum_value, "
+        "count = {table}.count + excluded.count"
+    )
+    LATEST = text(
+        "INSERT INTO telemetry_latest (device_id, metric, ts, value) "
+        "SELECT * FROM unnest(CAST(:c0 AS varchar[]), CAST(:c1 AS varchar[]), "
+        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[])) "
+        "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+        "WHERE excluded.ts > telemetry_latest.ts"
+    )
+    bucket = staticmethod(_bucket_postgres)
+
+    @staticmethod
+    def time(ts: datetime) -> Any:
+        return ts.astimezone(UTC).replace(tzinfo=None)
+
+    @staticmethod
+    def params(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        return {f"c{i}": list(column) for i, column in enumerate(zip(*rows, strict=True))}
+
+
+class TimeSeries:
+    """Writes and expires telemetry on one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._sql: type[_Sqlite] | type[_Postgres] = _Sqlite if db.is_sqlite else _Postgres
+        self._rollups = [
+            (text(self._sql.ROLLUP.format(table=table)), self._sql.bucket(width))
+            for table, width in ROLLUPS
+        ]
+        self._days: set[date] = set()  # days known to have a partition (PostgreSQL)
+
+    async def write(
+        self, session: AsyncSession, batches: Sequence[tuple[Sequence[Point], datetime]]
+    ) -> Written:
+        """Store batches of points, each with the time it was received, in the session's
+        transaction; returns how many points were new."""
+        sql = self._sql
+        rows: list[tuple[Any, ...]] = []
+        for points, received_at in batches:
+            received = sql.time(received_at)
+            rows.extend((d, m, sql.time(ts), v, received) for d, m, ts, v in points)
+        if not rows:
+            return Written(0, 0)
+        new = (await session.execute(sql.RAW, sql.params(rows))).all()
+        if new:
+            for statement, bucket in self._rollups:
+                await session.execute(statement, sql.params(aggregate(new, bucket)))
+            await session.execute(sql.LATEST, sql.params(latest(new)))
+        return Written(len(rows), len(new))
+
+    async def prepare(self, points: Iterable[Point]) -> None:
+        """Make the day partitions these points need (PostgreSQL; nothing on SQLite)."""
+        if self.db.is_sqlite:
+            return
+        days = {ts.astimezone(UTC).date() for _, _, ts, _ in points} - self._days
+        if days:
+            await self.ensure_days(days)
+
+    async def ensure_days(self, days: Iterable[date]) -> None:
+        missing = set(days) - self._days
+        if not missing or self.db.is_sqlite:
+            return
+        engine = self.db.engine
+        async with engine.connect() as conn:
+            self._days |= await conn.run_sync(partitions.existing)
+        for day in sorted(missing - self._days):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text(partitions.create_sql(day)))
+            except DBAPIError:
+                # Another process made it at the same moment; anything else shows next.
+                async with engine.connect() as conn:
+                    if day not in await conn.run_sync(partitions.existing):
+                        raise
+            self._days.add(day)
+
+    async def expire(self, now: datetime, retention: Retention) -> dict[str, int]:
+        """Delete what is past its retention; returns rows (or, PostgreSQL, days) removed."""
+        removed: dict[str, int] = {}
+        raw_cutoff = now - retention.raw
+        if self.db.is_sqlite:
+            async with self.db.write() as session:
+                result = await session.execute(
+                    delete(TelemetryPoint).where(TelemetryPoint.ts < raw_cutoff)
+                )
+                removed["telemetry"] = _count(result)
+        else:
+            # Whole days only: a partition goes when its last point is past retention.
+            first_kept = (raw_cutoff - timedelta(days=1)).date() + timedelta(days=1)
+            async with self.db.engine.begin() as conn:
+                dropped = await conn.run_sync(partitions.drop_before, first_kept)
+            self._days -= {d for d in self._days if d < first_kept}
+            removed["telemetry_partitions"] = len(dropped)
+        for table, keep in ((TelemetryMinute, retention.minute), (TelemetryHour, retention.hour)):
+            async with self.db.write() as session:
+                result = await session.execute(delete(table).where(table.bucket < now - keep))
+                removed[table.__tablename__] = _count(result)
+        return removed
+
+
+@dataclass(frozen=True)
+class Retention:
+    raw: timedelta
+    minute: timedelta
+    hour: timedelta
+
+
+def _count(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
