@@ -57,12 +57,6 @@ def _bucket_sqlite(width: int) -> Callable[[Any], Any]:
     return lambda ts: ts[:keep] + tail
 
 
-def _bucket_postgres(width: int) -> Callable[[Any], Any]:
-    if width == 60:
-        return lambda ts: ts.replace(second=0, microsecond=0)
-    return lambda ts: ts.replace(minute=0, second=0, microsecond=0)
-
-
 def aggregate(rows: Iterable[Sequence[Any]], bucket: Callable[[Any], Any]) -> list[tuple[Any, ...]]:
     """Roll rows (device, metric, ts, value) up into (device, metric, bucket, min, max, sum, n),
     sorted by key so concurrent writers lock roll-up rows in one order."""
@@ -128,31 +122,35 @@ class _Sqlite:
 
 
 class _Postgres:
-    RAW = text(
-        "INSERT INTO telemetry (device_id, metric, ts, value, received_at) "
-        "SELECT * FROM unnest(CAST(:c0 AS varchar[]), CAST(:c1 AS varchar[]), "
-        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[]), CAST(:c4 AS timestamp[])) "
-        "ON CONFLICT DO NOTHING RETURNING device_id, metric, ts, value"
-    )
+    # One statement does it all: the new rows never leave the server. Each roll-up's GROUP BY
+    # makes its keys unique (an upsert may touch a row once per statement), and ORDER BY locks
+    # roll-up rows in key order, so concurrent writers wait rather than deadlock.
     ROLLUP = (
-        "INSERT INTO {table} (device_id, metric, bucket, min_value, max_value, sum_value, count) "
-        "SELECT * FROM unnest(CAST(:c0 AS varchar[]), CAST(:c1 AS varchar[]), "
-        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[]), CAST(:c4 AS float8[]), "
-        "CAST(:c5 AS float8[]), CAST(:c6 AS int[])) "
+        "{name} AS (INSERT INTO {table} "
+        "(device_id, metric, bucket, min_value, max_value, sum_value, count) "
+        "SELECT device_id, metric, date_trunc('{unit}', ts), min(value), max(value), "
+        "sum(value), count(*) FROM new GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
         "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
         "min_value = least({table}.min_value, excluded.min_value), "
         "max_value = greatest({table}.max_value, excluded.max_value), "
         "sum_value = {table}.sum_value + excluded.sum_value, "
-        "count = {table}.count + excluded.count"
+        "count = {table}.count + excluded.count)"
     )
-    LATEST = text(
-        "INSERT INTO telemetry_latest (device_id, metric, ts, value) "
+    ALL = text(
+        "WITH new AS (INSERT INTO telemetry (device_id, metric, ts, value, received_at) "
         "SELECT * FROM unnest(CAST(:c0 AS varchar[]), CAST(:c1 AS varchar[]), "
-        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[])) "
+        "CAST(:c2 AS timestamp[]), CAST(:c3 AS float8[]), CAST(:c4 AS timestamp[])) "
+        "ON CONFLICT DO NOTHING RETURNING device_id, metric, ts, value), "
+        + ROLLUP.format(name="minutes", table="telemetry_1m", unit="minute")
+        + ", "
+        + ROLLUP.format(name="hours", table="telemetry_1h", unit="hour")
+        + ", latest AS (INSERT INTO telemetry_latest (device_id, metric, ts, value) "
+        "SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value FROM new "
+        "ORDER BY device_id, metric, ts DESC "
         "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
-        "WHERE excluded.ts > telemetry_latest.ts"
+        "WHERE excluded.ts > telemetry_latest.ts) "
+        "SELECT count(*) FROM new"
     )
-    bucket = staticmethod(_bucket_postgres)
 
     @staticmethod
     def time(ts: datetime) -> Any:
@@ -170,7 +168,7 @@ class TimeSeries:
         self.db = db
         self._sql: type[_Sqlite] | type[_Postgres] = _Sqlite if db.is_sqlite else _Postgres
         self._rollups = [
-            (text(self._sql.ROLLUP.format(table=table)), self._sql.bucket(width))
+            (text(_Sqlite.ROLLUP.format(table=table)), _Sqlite.bucket(width))
             for table, width in ROLLUPS
         ]
         self._days: set[date] = set()  # days known to have a partition (PostgreSQL)
@@ -187,12 +185,15 @@ class TimeSeries:
             rows.extend((d, m, sql.time(ts), v, received) for d, m, ts, v in points)
         if not rows:
             return Written(0, 0)
-        new = (await session.execute(sql.RAW, sql.params(rows))).all()
-        if new:
+        if sql is _Postgres:
+            new = await session.scalar(_Postgres.ALL, sql.params(rows))
+            return Written(len(rows), int(new or 0))
+        stored = (await session.execute(_Sqlite.RAW, sql.params(rows))).all()
+        if stored:
             for statement, bucket in self._rollups:
-                await session.execute(statement, sql.params(aggregate(new, bucket)))
-            await session.execute(sql.LATEST, sql.params(latest(new)))
-        return Written(len(rows), len(new))
+                await session.execute(statement, sql.params(aggregate(stored, bucket)))
+            await session.execute(_Sqlite.LATEST, sql.params(latest(stored)))
+        return Written(len(rows), len(stored))
 
     async def prepare(self, points: Iterable[Point]) -> None:
         """Make the day partitions these points need (PostgreSQL; nothing on SQLite)."""
