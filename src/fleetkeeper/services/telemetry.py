@@ -65,9 +65,10 @@ def _timestamp(raw: Any) -> datetime:
 
 def validate(
     points: list[Any], now: datetime, late_window: timedelta = DEFAULT_LATE_WINDOW
-) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    """Split a batch into rows to store and rejections with reasons (pure function)."""
-    good: dict[tuple[str, datetime], dict[str, Any]] = {}
+) -> tuple[list[tuple[str, datetime, float]], list[Rejected]]:
+    """Split a batch into (metric, ts, value) rows to store and rejections with reasons (pure
+    function). A metric repeated at one time keeps its last value."""
+    good: dict[tuple[str, datetime], tuple[str, datetime, float]] = {}
     rejected: list[Rejected] = []
     for i, point in enumerate(points):
         try:
@@ -94,7 +95,7 @@ def validate(
         except ValueError as exc:
             rejected.append(Rejected(i, str(exc)))
             continue
-        good[(metric, ts)] = {"metric": metric, "ts": ts, "value": float(value)}
+        good[(metric, ts)] = (metric, ts, float(value))
     return list(good.values()), rejected
 
 
@@ -107,9 +108,9 @@ def _span(delta: timedelta) -> str:
     return f"{seconds / 60:.0f} minutes"
 
 
-def points_of(device_id: str, rows: list[dict[str, Any]]) -> list[Point]:
+def points_of(device_id: str, rows: list[tuple[str, datetime, float]]) -> list[Point]:
     """Validated rows of one device as the store's points."""
-    return [(device_id, r["metric"], r["ts"], r["value"]) for r in rows]
+    return [(device_id, metric, ts, value) for metric, ts, value in rows]
 
 
 # --- reading it back -------------------------------------------------------------------------

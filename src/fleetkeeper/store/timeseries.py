@@ -48,7 +48,9 @@ class Written:
 
 def sqlite_time(ts: datetime) -> str:
     """An aware datetime as SQLite holds a UTCDateTime column."""
-    return f"{ts.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return ts.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _bucket_sqlite(width: int) -> Callable[[Any], Any]:
