@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import httpx
+import pytest
 
 from fleet import device, fleet, model, serials
 
@@ -203,3 +207,253 @@ async def test_online_follows_last_seen(client: httpx.AsyncClient, app, clock) -
     assert (await client.get(f"/api/v1/devices/{d['id']}")).json()["online"] is True
     clock.advance(minutes=10)
     assert (await client.get(f"/api/v1/devices/{d['id']}")).json()["online"] is False
+
+
+# -- Monitoring in the device JSON ------------------------------------------------------------
+
+
+async def _monitor(app, device_id: str, readings: dict[str, float], flags: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Latest readings and health flags, written as the monitoring path writes them."""
+    from fleetkeeper.store.models import DeviceHealth, TelemetryLatest
+
+    now = app.state.fleetkeeper.clock.now()
+    async with app.state.fleetkeeper.db.write() as session:
+        session.add_all(
+            TelemetryLatest(device_id=device_id, metric=m, ts=now, value=v)
+            for m, v in readings.items()
+        )
+        session.add_all(
+            DeviceHealth(
+                device_id=device_id,
+                flag=flag,
+                metric=metric,
+                detector="test",
+                severity="warning",
+                evidence={},
+                since=now,
+                checked_at=now,
+            )
+            for flag, metric in (f.partition("/")[::2] for f in flags)
+        )
+
+
+async def _see(app, device_id: str, ago: timedelta) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from fleetkeeper.store.models import Device
+
+    now = app.state.fleetkeeper.clock.now()
+    async with app.state.fleetkeeper.db.write() as session:
+        await session.execute(
+            update(Device).where(Device.id == device_id).values(last_seen=now - ago)
+        )
+
+
+async def test_device_json_carries_health_and_latest_metrics(
+    client: httpx.AsyncClient, app
+) -> None:  # type: ignore[no-untyped-def]
+    await model(client)
+    d = await device(client, "SN-1")
+    assert (d["health"], d["metrics"]) == ([], {})
+    # Two findings of the same flag on different metrics list the flag once.
+    flags = ["stuck_sensor/temperature", "flood/", "stuck_sensor/humidity"]
+    await _monitor(app, d["id"], {"battery": 87.5, "rssi": -71}, flags)
+    shown = (await client.get(f"/api/v1/devices/{d['id']}")).json()
+    assert shown["health"] == ["flood", "stuck_sensor"]
+    assert shown["metrics"] == {
+        "battery": {"value": 87.5, "ts": "2026-01-01T00:00:00Z"},
+        "rssi": {"value": -71.0, "ts": "2026-01-01T00:00:00Z"},
+    }
+
+
+async def test_device_list_loads_monitoring_per_page_not_per_device(
+    client: httpx.AsyncClient,
+    app,  # type: ignore[no-untyped-def]
+) -> None:
+    from sqlalchemy import event
+
+    devices = await fleet(client, *({"serial": f"SN-{i}"} for i in range(6)))
+    for d in devices:
+        await _monitor(app, d["id"], {"battery": 50}, ["flood/"])
+    ran: list[str] = []
+    engine = app.state.fleetkeeper.db.engine.sync_engine
+
+    def note(*args: object) -> None:
+        ran.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        await client.get("/api/v1/devices", params={"limit": 1})
+        one = len(ran)
+        ran.clear()
+        page = (await client.get("/api/v1/devices", params={"limit": 6})).json()
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert len(ran) == one
+    assert all(
+        d["health"] == ["flood"] and d["metrics"]["battery"]["value"] == 50 for d in page["items"]
+    )
+
+
+async def test_online_honours_the_models_grace(client: httpx.AsyncClient, app) -> None:  # type: ignore[no-untyped-def]
+    await model(client)
+    await model(client, "meter-e5", offline_after_seconds=3600)
+    sensor = await device(client, "SENSOR")
+    meter = await device(client, "METER", model="meter-e5")
+    for d in (sensor, meter):
+        await _see(app, d["id"], timedelta(minutes=30))
+    # Half an hour of silence: past the server's 5-minute window, within the meter's hour.
+    assert (await client.get(f"/api/v1/devices/{sensor['id']}")).json()["online"] is False
+    assert (await client.get(f"/api/v1/devices/{meter['id']}")).json()["online"] is True
+    online = (await client.get("/api/v1/devices", params={"q": "online = true"})).json()
+    assert serials(online) == ["METER"]
+    assert [d["online"] for d in online["items"]] == [True]
+    agg = (await client.get("/api/v1/devices/aggregate", params={"by": "online"})).json()
+    assert {b["value"]: b["count"] for b in agg["buckets"]} == {True: 1, False: 1}
+
+
+async def test_changing_the_models_grace_changes_who_is_online(
+    client: httpx.AsyncClient, app
+) -> None:  # type: ignore[no-untyped-def]
+    await model(client)
+    d = await device(client, "SN-1")
+    await _see(app, d["id"], timedelta(minutes=30))
+    assert (
+        serials((await client.get("/api/v1/devices", params={"q": "online = true"})).json()) == []
+    )
+    r = await client.patch(
+        "/api/v1/models/thermo-v2", json={"offline_after_seconds": 7200, "reason": "hourly units"}
+    )
+    assert r.status_code == 200, r.text
+    page = (await client.get("/api/v1/devices", params={"q": "online = true"})).json()
+    assert serials(page) == ["SN-1"] and page["items"][0]["online"] is True
+
+
+async def test_list_filters_by_metric_and_health(client: httpx.AsyncClient, app) -> None:  # type: ignore[no-untyped-def]
+    low, full, _ = await fleet(client, {"serial": "LOW"}, {"serial": "FULL"}, {"serial": "SILENT"})
+    await _monitor(app, low["id"], {"battery": 12}, ["out_of_range/battery"])
+    await _monitor(app, full["id"], {"battery": 98}, [])
+
+    async def matching(q: str) -> list[str]:
+        r = await client.get("/api/v1/devices", params={"q": q})
+        assert r.status_code == 200, r.text
+        return serials(r.json())
+
+    assert await matching("battery < 20") == ["LOW"]
+    assert await matching("NOT battery < 20") == ["FULL", "SILENT"]
+    assert await matching("health = out_of_range") == ["LOW"]
+    assert await matching('health != "*"') == ["FULL", "SILENT"]
+
+
+async def test_monitoring_queries_keep_to_the_tenant(client: httpx.AsyncClient, app) -> None:  # type: ignore[no-untyped-def]
+    from fleet import as_token_client, user_token
+
+    assert (await client.post("/api/v1/tenants", json={"id": "acme", "name": "Acme"})).is_success
+    await model(client)
+    mine = await device(client, "MINE", tenant="acme")
+    theirs = await device(client, "THEIRS")
+    for d in (mine, theirs):
+        await _monitor(app, d["id"], {"battery": 5}, ["flood/"])
+    token = await user_token(client, "ann", "viewer", "acme")
+    async with as_token_client(client, token) as ann:
+        for q in ("battery < 20", "health = flood", "NOT battery > 50", "online = false"):
+            assert serials((await ann.get("/api/v1/devices", params={"q": q})).json()) == ["MINE"]
+
+
+async def test_metric_query_with_text_is_a_400_naming_the_problem(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.get("/api/v1/devices", params={"q": "battery < low"})
+    assert r.status_code == 400
+    assert "'low' is not a number" in r.json()["detail"]
+
+
+async def test_openapi_describes_health_and_metrics(client: httpx.AsyncClient) -> None:
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    assert {"health", "metrics"} <= schemas["DeviceOut"]["properties"].keys()
+    assert {"offline_after_seconds", "metric_ranges"} <= schemas["ModelOut"]["properties"].keys()
+    assert "/api/v1/fleet/overview" in (await client.get("/openapi.json")).json()["paths"]
+
+
+# -- Device models' monitoring settings -------------------------------------------------------
+
+
+async def test_model_keeps_offline_after_and_metric_ranges(client: httpx.AsyncClient) -> None:
+    created = await model(
+        client,
+        "meter-e5",
+        offline_after_seconds=21600,
+        metric_ranges={"temperature": [-40, 85], "battery": [0, 100.5]},
+    )
+    assert created["offline_after_seconds"] == 21600
+    assert created["metric_ranges"] == {"temperature": [-40, 85], "battery": [0, 100.5]}
+    assert (await client.get("/api/v1/models/meter-e5")).json()["metric_ranges"] == created[
+        "metric_ranges"
+    ]
+    plain = await model(client, "plain")
+    assert (plain["offline_after_seconds"], plain["metric_ranges"]) == (None, None)
+
+
+async def test_model_monitoring_changes_are_audited_and_null_clears(
+    client: httpx.AsyncClient,
+) -> None:
+    await model(client, "meter-e5", offline_after_seconds=600)
+    r = await client.patch(
+        "/api/v1/models/meter-e5",
+        json={"offline_after_seconds": None, "metric_ranges": {"rssi": [-140, 0]}},
+        headers={"X-Change-Reason": "field report"},
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["offline_after_seconds"], r.json()["metric_ranges"]) == (
+        None,
+        {"rssi": [-140, 0]},
+    )
+    records = (await client.get("/api/v1/audit", params={"action": "model.update"})).json()["items"]
+    assert records[0]["reason"] == "field report"
+    assert records[0]["before"] == {"offline_after_seconds": 600, "metric_ranges": None}
+    assert records[0]["after"] == {
+        "offline_after_seconds": None,
+        "metric_ranges": {"rssi": [-140, 0]},
+    }
+    created = (await client.get("/api/v1/audit", params={"action": "model.create"})).json()["items"]
+    assert created[0]["after"]["offline_after_seconds"] == 600
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"offline_after_seconds": 0}, "offline_after_seconds"),
+        ({"offline_after_seconds": -60}, "offline_after_seconds"),
+        ({"offline_after_seconds": 1.5}, "offline_after_seconds"),
+        ({"offline_after_seconds": "600"}, "offline_after_seconds"),
+        ({"offline_after_seconds": 10**10}, "offline_after_seconds"),
+        ({"metric_ranges": {"battery": [100, 0]}}, "metric_ranges"),
+        ({"metric_ranges": {"battery": [5, 5]}}, "metric_ranges"),
+        ({"metric_ranges": {"battery": [0]}}, "metric_ranges.battery"),
+        ({"metric_ranges": {"battery": [0, 1, 2]}}, "metric_ranges.battery"),
+        ({"metric_ranges": {"battery": ["0", 100]}}, "metric_ranges.battery.0"),
+        ({"metric_ranges": {"bat tery": [0, 100]}}, "metric_ranges"),
+        ({"metric_ranges": {"x" * 65: [0, 100]}}, "metric_ranges"),
+        ({"metric_ranges": [[0, 100]]}, "metric_ranges"),
+    ],
+)
+async def test_bad_model_monitoring_settings_are_422_naming_the_field(
+    client: httpx.AsyncClient, fields: dict[str, Any], field: str
+) -> None:
+    r = await client.post("/api/v1/models", json={"name": "m", **fields})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == field
+    await model(client, "ok")
+    r = await client.patch("/api/v1/models/ok", json={**fields, "reason": "try"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == field
+
+
+async def test_non_finite_metric_range_is_refused(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/api/v1/models",
+        content=b'{"name": "m", "metric_ranges": {"battery": [0, Infinity]}}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "metric_ranges"
+    assert "finite" in r.json()["detail"]

@@ -143,6 +143,7 @@ def test_public_interface_is_pinned() -> None:
         "compile_query",
         "field_expression",
         "group_names",
+        "online_expression",
         "parse",
         "unparse",
     ]

@@ -24,6 +24,8 @@ from fleetkeeper.api.routes import (
     device,
     device_artifacts,
     devices,
+    fleet,
+    geo,
     groups,
     lifecycle,
     models,
@@ -161,6 +163,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     problems.install(app)
     for router in (
         devices.router,
+        fleet.router,
         lifecycle.router,
         models.router,
         groups.router,
@@ -174,6 +177,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         device.router,
         artifacts.router,
         device_artifacts.router,
+        geo.router,
     ):
         app.include_router(router)
 

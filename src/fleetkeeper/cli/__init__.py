@@ -17,6 +17,8 @@ from fleetkeeper.cli import (
     demo,
     deploy,
     devices,
+    fleet,
+    geo,
     groups,
     lifecycle,  # noqa: F401 - adds its commands to `devices`
     models,
@@ -67,6 +69,7 @@ def root(
 app.command("serve")(server.serve)
 app.add_typer(server.db, name="db")
 app.add_typer(devices.app, name="devices")
+app.add_typer(fleet.app, name="fleet")
 app.add_typer(models.app, name="models")
 app.add_typer(groups.app, name="groups")
 app.add_typer(tokens.app, name="tokens")
@@ -79,6 +82,7 @@ app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")
 app.command("agent")(agent.agent)
 app.command("telemetry")(telemetry.telemetry)
+geo.register(app)
 app.command("simulate")(simulate.simulate)
 app.command("demo")(demo.demo)
 

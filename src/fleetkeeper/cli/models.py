@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,8 +27,12 @@ COLUMNS = (
     output.Column("Manufacturer", "manufacturer"),
     output.Column("Hardware", "hardware_revision"),
     output.Column("Capabilities", "capabilities"),
+    output.Column("Offline after (s)", "offline_after_seconds"),
     output.Column("Description", "description"),
 )
+NONE = "none"  # the option value that clears a setting
+_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 ModelName = Annotated[
     str, typer.Argument(metavar="NAME", help="The model's name.", show_default=False)
@@ -58,6 +64,24 @@ class ModelFields:
             help="JSON Schema for the configuration of this model's devices.",
         ),
     ] = None
+    offline_after: Annotated[
+        str | None,
+        typer.Option(
+            "--offline-after",
+            metavar="DURATION",
+            help="How long a device of this model may stay silent and still count as online: "
+            f"seconds, or 90s, 30m, 6h, 2d; '{NONE}' for the server's online window.",
+        ),
+    ] = None
+    metric_ranges: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metric-range",
+            metavar="METRIC=LOW:HIGH",
+            help="The physical range of a sensor (repeatable), e.g. temperature=-40:85. On "
+            f"update the ranges given replace the model's; '{NONE}' removes them.",
+        ),
+    ] = None
     reason: Reason = None
 
     def body(self) -> dict[str, Any]:
@@ -70,7 +94,48 @@ class ModelFields:
         }
         if self.config_schema is not None:
             body["config_schema"] = _read_json_object(self.config_schema)
-        return compact(body)
+        body = compact(body)
+        # Set after compact: null is how the API clears them.
+        if self.offline_after is not None:
+            body["offline_after_seconds"] = parse_duration(self.offline_after)
+        if self.metric_ranges is not None:
+            body["metric_ranges"] = parse_ranges(self.metric_ranges)
+        return body
+
+
+def parse_duration(text: str) -> int | None:
+    """`90`, `90s`, `30m`, `6h`, `2d` → seconds; `none` → None."""
+    if text.strip().lower() == NONE:
+        return None
+    match = _DURATION.fullmatch(text.strip())
+    if not match or not int(match.group(1)):
+        raise typer.BadParameter(
+            f"{text!r} is no duration: give seconds, or a number with s, m, h or d (6h), or {NONE}",
+            param_hint="--offline-after",
+        )
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_ranges(texts: list[str]) -> dict[str, list[float]] | None:
+    """`METRIC=LOW:HIGH` options → {metric: [low, high]}; `none` → None. The server checks
+    the names and that LOW < HIGH."""
+    if [t.strip().lower() for t in texts] == [NONE]:
+        return None
+    ranges: dict[str, list[float]] = {}
+    for text in texts:
+        metric, sep, bounds = text.partition("=")
+        low, colon, high = bounds.partition(":")
+        try:
+            pair = [float(low), float(high)]
+        except ValueError:
+            pair = []
+        if not (sep and colon and metric.strip() and pair and all(map(math.isfinite, pair))):
+            raise typer.BadParameter(
+                f"{text!r} is not METRIC=LOW:HIGH, e.g. temperature=-40:85",
+                param_hint="--metric-range",
+            )
+        ranges[metric.strip()] = pair
+    return ranges
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

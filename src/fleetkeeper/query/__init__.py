@@ -7,7 +7,13 @@ The language is described in docs/query-language.md.
 """
 
 from fleetkeeper.query.ast import FIELDS, Query, group_names, unparse
-from fleetkeeper.query.compiler import CompileContext, GroupRef, compile_query, field_expression
+from fleetkeeper.query.compiler import (
+    CompileContext,
+    GroupRef,
+    compile_query,
+    field_expression,
+    online_expression,
+)
 from fleetkeeper.query.parser import MAX_DEPTH, MAX_QUERY_LENGTH, parse
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "compile_query",
     "field_expression",
     "group_names",
+    "online_expression",
     "parse",
     "unparse",
 ]

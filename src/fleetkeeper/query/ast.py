@@ -12,6 +12,7 @@ errors early, with a position) and the compiler (to build SQL) both use.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from fleetkeeper.versions import InvalidVersion, firmware_key, version_key
 
-Kind = Literal["text", "version", "time", "bool"]
+Kind = Literal["text", "version", "time", "bool", "metric", "flag"]
 Op = Literal["=", "!=", "<", ">", "<=", ">="]
 
 # The plain fields, named as the device JSON names them, and how their values are read.
@@ -37,12 +38,21 @@ FIELD_KINDS: dict[str, Kind] = {
     "last_seen": "time",
     "created_at": "time",
     "updated_at": "time",
+    "health": "flag",
+    # Shorthands for the metrics every fleet has: `battery` is `metrics.battery`.
+    "battery": "metric",
+    "rssi": "metric",
+    "storage_used": "metric",
+    "temperature": "metric",
+    "humidity": "metric",
 }
 FIELDS: tuple[str, ...] = tuple(FIELD_KINDS)
 ATTRIBUTES_PREFIX = "attributes."
+METRICS_PREFIX = "metrics."
 ORDERING: frozenset[str] = frozenset({"<", ">", "<=", ">="})
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_METRIC = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as the device API accepts metric names
 # JSON's number grammar: `3`, `-2.5`, `1e3` are numbers; `007`, `+3`, `.5` stay strings.
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _RELATIVE = re.compile(r"-([0-9]{1,6})([smhdw])")
@@ -208,15 +218,33 @@ def attribute_path(name: str) -> tuple[str, ...]:
     return keys
 
 
+def metric_name(name: str) -> str | None:
+    """The metric field `name` reads (`metrics.battery` and `battery`: "battery"), else None."""
+    if name.startswith(METRICS_PREFIX):
+        metric = name[len(METRICS_PREFIX) :]
+        if not _METRIC.fullmatch(metric):
+            raise OperandError(
+                f"invalid metric name {metric!r} in {name!r}",
+                "a metric name has 1 to 64 letters, digits, _, . and -",
+            )
+        return metric
+    return name if FIELD_KINDS.get(name) == "metric" else None
+
+
+def known_fields() -> str:
+    return f"{', '.join(FIELDS)}, attributes.KEY and metrics.NAME"
+
+
 def check_field(name: str) -> None:
     if name in FIELD_KINDS:
         return
     if name.startswith(ATTRIBUTES_PREFIX):
         attribute_path(name)
         return
-    raise OperandError(
-        f"unknown field {name!r}", f"known fields are {', '.join(FIELDS)} and attributes.KEY"
-    )
+    if name.startswith(METRICS_PREFIX):
+        metric_name(name)
+        return
+    raise OperandError(f"unknown field {name!r}", f"known fields are {known_fields()}")
 
 
 def _refuse_wildcard(value: Value, why: str) -> None:
@@ -292,6 +320,31 @@ def bool_operand(op: str, value: Value) -> bool:
     return word == "true"
 
 
+def metric_operand(op: str, value: Value) -> float | None:
+    """A metric's operand: a number, or None for `null` (no reading)."""
+    _refuse_null_ordering(op, value)
+    if value.keyword == "null":
+        return None
+    if not is_number(value):
+        hint = "metrics compare with numbers, e.g. battery < 20 or metrics.rssi >= -90"
+        if value.quoted and _NUMBER.fullmatch(value.pattern):
+            hint = "write the number without quotes"
+        raise OperandError(f"{value.text!r} is not a number", hint)
+    number = float(value.pattern)
+    if not math.isfinite(number):
+        raise OperandError(f"{value.text!r} is out of range", "write a smaller number")
+    return number
+
+
+def flag_operand(op: str, value: Value) -> str | None:
+    """A health flag (or wildcard) to look for; None for `null` (no flag at all)."""
+    if op in ORDERING:
+        raise OperandError(f"{op} on health", "use = or !=, e.g. health = faulty_sensor")
+    if value.keyword == "null":
+        return None
+    return value.text
+
+
 def is_number(value: Value) -> bool:
     return not value.quoted and bool(_NUMBER.fullmatch(value.pattern))
 
@@ -320,6 +373,9 @@ def check_operand(name: str, op: str, value: Value) -> None:
     if name.startswith(ATTRIBUTES_PREFIX):
         json_operand(op, value)
         return
+    if metric_name(name) is not None:
+        metric_operand(op, value)
+        return
     match FIELD_KINDS[name]:
         case "text":
             text_operand(op, value)
@@ -329,6 +385,8 @@ def check_operand(name: str, op: str, value: Value) -> None:
             time_operand(op, value)
         case "bool":
             bool_operand(op, value)
+        case "flag":
+            flag_operand(op, value)
 
 
 # -- Back to text -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,12 +36,12 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import aliased
 
 from fleetkeeper.errors import BadRequest, Invalid
 from fleetkeeper.query.ast import (
     ATTRIBUTES_PREFIX,
     FIELD_KINDS,
-    FIELDS,
     And,
     Comparison,
     Everything,
@@ -55,16 +55,32 @@ from fleetkeeper.query.ast import (
     Value,
     attribute_path,
     bool_operand,
+    flag_operand,
     is_number,
     json_operand,
+    known_fields,
+    metric_name,
+    metric_operand,
     text_operand,
     time_operand,
     version_operand,
 )
 from fleetkeeper.query.parser import parse
-from fleetkeeper.store.models import Device, DeviceModel, DeviceTag, GroupMember
+from fleetkeeper.store.models import (
+    Device,
+    DeviceHealth,
+    DeviceModel,
+    DeviceTag,
+    GroupMember,
+    TelemetryLatest,
+)
+from fleetkeeper.store.types import UTCDateTime
 
 MAX_GROUP_NESTING = 8
+# Under their own names, so a statement that also selects from these tables (the fleet
+# overview joins telemetry_latest to devices) does not correlate the subquery away.
+_Reading = aliased(TelemetryLatest, name="reading")
+_Flag = aliased(DeviceHealth, name="health_flag")
 
 _TEXT_COLUMNS: dict[str, ColumnElement[Any]] = {
     "id": Device.id.expression,
@@ -112,6 +128,9 @@ class CompileContext:
     now: datetime  # aware UTC
     online_window: timedelta
     groups: Mapping[str, GroupRef]  # the groups visible to the caller, by name
+    # Device models with their own grace (DeviceModel.offline_after_seconds), by model id:
+    # their devices are online when seen within it instead of the online window.
+    offline_after: Mapping[int, timedelta] = field(default_factory=dict)
 
 
 def compile_query(query: Query, ctx: CompileContext) -> ColumnElement[bool]:
@@ -131,13 +150,15 @@ def field_expression(
     *,
     now: datetime | None = None,
     online_window: timedelta | None = None,
+    offline_after: Mapping[int, timedelta] | None = None,
 ) -> ColumnElement[Any]:
-    """The SQL expression to group devices by: a plain field or `attributes.KEY`.
+    """The SQL expression to group devices by: a plain field, `attributes.KEY` or a metric.
 
     Raises Invalid for an unknown field (it names no query, so it is no syntax error).
-    Needs no join: `model` is a correlated subquery on device_models. `attributes.KEY` is the
-    value as text (strings bare, numbers and booleans as JSON, missing or null as NULL).
-    `online` needs `now` and `online_window`.
+    Needs no join: `model` and metrics are correlated subqueries. `attributes.KEY` is the
+    value as text (strings bare, numbers and booleans as JSON, missing or null as NULL); a
+    metric is the latest value (NULL without a reading). `online` needs `now` and
+    `online_window`, and honours the models' own grace given in `offline_after`.
     """
     if name == "model":
         return _model_name()
@@ -150,14 +171,54 @@ def field_expression(
     if name == "online":
         if now is None or online_window is None:
             raise Invalid("grouping by online needs the current time and the online window")
-        return _online(now - online_window)
+        return online_expression(now, online_window, offline_after or {})
+    if name == "health":
+        raise Invalid(
+            "devices cannot be grouped by health: a device may carry several flags "
+            "(the fleet overview counts devices by flag)"
+        )
     if name.startswith(ATTRIBUTES_PREFIX):
         keys = _path(name, Invalid)
         if dialect == "postgresql":
             return func.jsonb_extract_path_text(Device.attributes, *keys)
         return _sqlite_attribute_text(keys)
-    known = ", ".join(FIELDS)
-    raise Invalid(f"unknown field {name!r}; known fields are {known} and attributes.KEY")
+    try:
+        metric = metric_name(name)
+    except OperandError as exc:
+        raise Invalid(str(exc)) from None
+    if metric is not None:
+        return (
+            select(_Reading.value)
+            .where(_Reading.device_id == Device.id, _Reading.metric == metric)
+            .scalar_subquery()
+        )
+    raise Invalid(f"unknown field {name!r}; known fields are {known_fields()}")
+
+
+def online_expression(
+    now: datetime, online_window: timedelta, offline_after: Mapping[int, timedelta]
+) -> ColumnElement[bool]:
+    """Seen within the device's grace: its model's `offline_after`, else the online window.
+
+    Never NULL. The plain bound on `last_seen` comes first so ix_devices_last_seen can serve
+    it; the per-model CASE only refines what that range admits.
+    """
+    default = now - online_window
+    seen = Device.last_seen.is_not(None)
+    if not offline_after:
+        return and_(seen, Device.last_seen >= default)
+    by_grace: dict[timedelta, list[int]] = {}
+    for model_id, grace in sorted(offline_after.items()):
+        by_grace.setdefault(grace, []).append(model_id)
+    earliest = min(default, now - max(by_grace))
+    cutoff = case(
+        *(
+            (Device.model_id.in_(ids), literal(now - grace, UTCDateTime()))
+            for grace, ids in by_grace.items()
+        ),
+        else_=literal(default, UTCDateTime()),
+    )
+    return and_(seen, Device.last_seen >= earliest, Device.last_seen >= cutoff)
 
 
 def _model_name() -> ColumnElement[Any]:
@@ -187,10 +248,6 @@ def _sqlite_path(keys: tuple[str, ...]) -> ColumnElement[str]:
     (`store.indexes.attribute_index`) only when the query spells the same literal path.
     Keys hold only letters, digits, `_` and `-` (the parser checks), so quoting is safe."""
     return literal_column("'$" + "".join(f'."{key}"' for key in keys) + "'", String)
-
-
-def _online(since: datetime) -> ColumnElement[bool]:
-    return and_(Device.last_seen.is_not(None), Device.last_seen >= since)
 
 
 def _equals(column: SQLColumnExpression[Any], value: Value, text: str) -> ColumnElement[bool]:
@@ -239,6 +296,9 @@ class _Compiler:
         try:
             if name.startswith(ATTRIBUTES_PREFIX):
                 return self.attribute(_path(name), op, value)
+            metric = metric_name(name)
+            if metric is not None:
+                return self.metric(metric, op, value)
             kind = FIELD_KINDS.get(name)
             if kind == "text":
                 return self.text(name, op, value)
@@ -247,11 +307,33 @@ class _Compiler:
             if kind == "time":
                 return self.time(name, op, value)
             if kind == "bool":
-                matched = _online(self.ctx.now - self.ctx.online_window)
+                ctx = self.ctx
+                matched = online_expression(ctx.now, ctx.online_window, ctx.offline_after)
                 return matched if bool_operand(op, value) else not_(matched)
+            if kind == "flag":
+                return self.health(op, value)
         except OperandError as exc:
             raise BadRequest(str(exc), field=name, position=value.position) from None
         raise BadRequest(f"unknown field {name!r}", field=name)
+
+    def metric(self, metric: str, op: str, value: Value) -> ColumnElement[bool]:
+        # EXISTS keeps a device without the reading two-valued: it matches no comparison, so
+        # `NOT battery < 20` includes it. PostgreSQL plans it as a (anti-)semi-join that can
+        # use ix_telemetry_latest_metric_value; SQLite probes the primary key per device.
+        operand = metric_operand(op, value)
+        reading = and_(_Reading.device_id == Device.id, _Reading.metric == metric)
+        if operand is None:
+            return not_(exists().where(reading))
+        return exists().where(reading, _ORDER[op](_Reading.value, operand))
+
+    def health(self, op: str, value: Value) -> ColumnElement[bool]:
+        operand = flag_operand(op, value)
+        carries = _Flag.device_id == Device.id
+        if operand is None:
+            return not_(exists().where(carries))
+        if value.pattern == "*":  # any flag
+            return exists().where(carries)
+        return exists().where(carries, _equals(_Flag.flag, value, operand))
 
     def text(self, name: str, op: str, value: Value) -> ColumnElement[bool]:
         operand = text_operand(op, value)

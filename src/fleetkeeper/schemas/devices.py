@@ -124,6 +124,11 @@ class DevicePatch(Input):
         return value
 
 
+class MetricReading(BaseModel):
+    value: float
+    ts: datetime = Field(description="When the device measured it.")
+
+
 class DeviceOut(BaseModel):
     id: str
     serial: str
@@ -141,6 +146,13 @@ class DeviceOut(BaseModel):
     last_seen: datetime | None
     created_at: datetime
     updated_at: datetime
+    health: list[str] = Field(
+        default_factory=list,
+        description="The health flags the device carries now, e.g. faulty_sensor, flood.",
+    )
+    metrics: dict[str, MetricReading] = Field(
+        default_factory=dict, description="The latest reading of each metric, by name."
+    )
 
 
 class AggregateBucket(BaseModel):

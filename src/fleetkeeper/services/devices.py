@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -19,6 +20,7 @@ from fleetkeeper.schemas.devices import (
     DeviceOut,
     DevicePatch,
     Location,
+    MetricReading,
 )
 from fleetkeeper.services import audit, lifecycle
 from fleetkeeper.services.context import Change, Principal
@@ -28,10 +30,20 @@ from fleetkeeper.services.selection import (
     compile_for,
     decode_cursor,
     encode_cursor,
+    offline_after,
     visible_groups,
 )
 from fleetkeeper.store.db import dialect_of
-from fleetkeeper.store.models import Device, DeviceModel, DeviceTag, Group, GroupMember, Tenant
+from fleetkeeper.store.models import (
+    Device,
+    DeviceHealth,
+    DeviceModel,
+    DeviceTag,
+    Group,
+    GroupMember,
+    TelemetryLatest,
+    Tenant,
+)
 from fleetkeeper.versions import firmware_key
 
 MAX_BUCKETS = 1000
@@ -268,7 +280,13 @@ async def aggregate(session: AsyncSession, scope: QueryScope, q: str | None, by:
     scope.principal.require("devices:read")
     where = await compile_for(session, scope, q)
     try:
-        expr = field_expression(by, dialect_of(session))
+        expr = field_expression(
+            by,
+            dialect_of(session),
+            now=scope.now,
+            online_window=scope.online_window,
+            offline_after=await offline_after(session) if by == "online" else None,
+        )
     except Invalid as exc:
         raise Invalid(exc.detail, field="by") from None
     count = func.count().label("n")
@@ -279,7 +297,9 @@ async def aggregate(session: AsyncSession, scope: QueryScope, q: str | None, by:
         .group_by(expr)
         .order_by(count.desc())
     )
-    rows = (await session.execute(stmt)).all()
+    rows: list[tuple[Any, int]] = [(v, n) for v, n in await session.execute(stmt)]
+    if by == "online":  # SQLite answers 1 and 0
+        rows = [(bool(v), n) for v, n in rows]
     buckets = [AggregateBucket(value=v, count=n) for v, n in rows]
     return Aggregate(by=by, total=sum(b.count for b in buckets), buckets=buckets[:MAX_BUCKETS])
 
@@ -292,13 +312,16 @@ async def render(
         return []
     ids = [d.id for d in devices]
     model_ids = {d.model_id for d in devices}
-    models = dict(
-        (
-            await session.execute(
-                select(DeviceModel.id, DeviceModel.name).where(DeviceModel.id.in_(model_ids))
-            )
-        ).all()
-    )
+    models: dict[int, str] = {}
+    horizons: dict[int, datetime] = {}  # when a device of the model was last online
+    for model_id, name, grace in await session.execute(
+        select(DeviceModel.id, DeviceModel.name, DeviceModel.offline_after_seconds).where(
+            DeviceModel.id.in_(model_ids)
+        )
+    ):
+        models[model_id] = name
+        window = timedelta(seconds=grace) if grace else scope.online_window
+        horizons[model_id] = scope.now - window
     tags: dict[str, list[str]] = defaultdict(list)
     for device_id, tag in await session.execute(
         select(DeviceTag.device_id, DeviceTag.tag)
@@ -306,8 +329,27 @@ async def render(
         .order_by(DeviceTag.tag)
     ):
         tags[device_id].append(tag)
+    health: dict[str, list[str]] = defaultdict(list)
+    for device_id, flag in await session.execute(
+        select(DeviceHealth.device_id, DeviceHealth.flag)
+        .where(DeviceHealth.device_id.in_(ids))
+        .distinct()
+        .order_by(DeviceHealth.device_id, DeviceHealth.flag)
+    ):
+        health[device_id].append(flag)
+    metrics: dict[str, dict[str, MetricReading]] = defaultdict(dict)
+    for device_id, metric, ts, value in await session.execute(
+        select(
+            TelemetryLatest.device_id,
+            TelemetryLatest.metric,
+            TelemetryLatest.ts,
+            TelemetryLatest.value,
+        )
+        .where(TelemetryLatest.device_id.in_(ids))
+        .order_by(TelemetryLatest.device_id, TelemetryLatest.metric)
+    ):
+        metrics[device_id][metric] = MetricReading(value=value, ts=ts)
     groups = await _groups_of(session, scope, devices)
-    horizon = scope.now - scope.online_window
     return [
         DeviceOut(
             id=d.id,
@@ -322,10 +364,12 @@ async def render(
             tags=tags[d.id],
             groups=sorted(groups[d.id]),
             location=Location(**d.location) if d.location else None,
-            online=d.last_seen is not None and d.last_seen >= horizon,
+            online=d.last_seen is not None and d.last_seen >= horizons[d.model_id],
             last_seen=d.last_seen,
             created_at=d.created_at,
             updated_at=d.updated_at,
+            health=health[d.id],
+            metrics=metrics[d.id],
         )
         for d in devices
     ]
@@ -348,6 +392,7 @@ async def _groups_of(
         )
     ).all()
     contexts: dict[str, CompileContext] = {}
+    grace = await offline_after(session) if dynamic else {}
     for name, query, tenant in dynamic:
         if tenant not in contexts:
             contexts[tenant] = CompileContext(
@@ -355,6 +400,7 @@ async def _groups_of(
                 now=scope.now,
                 online_window=scope.online_window,
                 groups=await visible_groups(session, tenant),
+                offline_after=grace,
             )
         where = compile_query(parse(query or ""), contexts[tenant])
         members = await session.scalars(

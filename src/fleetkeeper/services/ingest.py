@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from fleetkeeper.services import geo
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.timeseries import Point, Retention, TimeSeries
 
@@ -163,6 +164,11 @@ class Upkeep:
         today = now.astimezone(UTC).date()
         await self.series.ensure_days([today, today + timedelta(days=1)])
         self.last = await self.series.expire(now, self.retention)
+        async with self.series.db.write() as session:
+            # Positions are few (a parked device stores one an hour): kept as long as minutes.
+            self.last["device_positions"] = await geo.positions.prune(
+                session, now - self.retention.minute
+            )
         if any(self.last.values()):
             log.info("telemetry past retention removed: %s", self.last)
         return self.last

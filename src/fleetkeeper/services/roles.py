@@ -16,6 +16,7 @@ OPERATE = frozenset(
         "provisioning:write",
         "commands:write",
         "deployments:write",
+        "geofences:write",
     }
 )
 # Who may put new firmware into the fleet's reach (restricted change management). Operators

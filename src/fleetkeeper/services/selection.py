@@ -17,7 +17,7 @@ from fleetkeeper.errors import BadRequest
 from fleetkeeper.query import CompileContext, GroupRef, compile_query, group_names, parse
 from fleetkeeper.services.context import Principal
 from fleetkeeper.store.db import dialect_of
-from fleetkeeper.store.models import Device, Group
+from fleetkeeper.store.models import Device, DeviceModel, Group
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,26 @@ async def compile_for(
     if text and text.strip():
         query = parse(text)
         names = group_names(query)
+        # `online` (here or in a group's query) needs the models' grace; skip the look-up
+        # for the many queries that cannot reach it.
+        grace = await offline_after(session) if names or "online" in text else {}
         ctx = CompileContext(
             dialect=dialect_of(session),
             now=scope.now,
             online_window=scope.online_window,
             groups=await visible_groups(session, tenant, names) if names else {},
+            offline_after=grace,
         )
         clauses.append(compile_query(query, ctx))
     return and_(*clauses)
+
+
+async def offline_after(session: AsyncSession) -> dict[int, timedelta]:
+    """The device models' own grace before a device counts as offline, by model id (only the
+    models that set one; the others use the server's online window)."""
+    column = DeviceModel.offline_after_seconds
+    rows = await session.execute(select(DeviceModel.id, column).where(column.is_not(None)))
+    return {model_id: timedelta(seconds=seconds) for model_id, seconds in rows if seconds}
 
 
 def encode_cursor(last_id: str) -> str:

@@ -21,6 +21,7 @@ from fleetkeeper.services import (
     commands,
     devices,
     executions,
+    geo,
     identity,
     provisioning,
     telemetry,
@@ -314,6 +315,8 @@ async def inventory(state: StateDep, device: ActiveDeviceDep, body: InventoryIn)
         row = await devices.report_inventory(
             session, change, device.id, body.model_dump(exclude_unset=True)
         )
+        if body.location is not None:
+            await geo.record_position(session, row, body.location.model_dump(), state.clock.now())
     return InventoryOut(
         device_id=row.id,
         serial=row.serial,
