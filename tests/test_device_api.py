@@ -131,6 +131,22 @@ async def test_inventory_report_updates_the_device_and_is_audited(
     assert len(again) == 1  # nothing changed, nothing recorded
 
 
+async def test_a_move_goes_to_the_position_history_not_the_audit_trail(
+    client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    dev = await online_device(client)
+    for minute, lat in enumerate((52.50, 52.51, 52.52)):
+        clock.advance(minutes=minute)
+        r = await dev.call("POST", "/inventory", json={"location": {"lat": lat, "lon": 13.4}})
+        assert r.status_code == 200, r.text
+    audit = (await client.get("/api/v1/audit", params={"action": "device.report"})).json()
+    assert audit["items"] == []
+    shown = (await client.get(f"/api/v1/devices/{dev.device_id}")).json()
+    assert shown["location"]["lat"] == 52.52
+    track = (await client.get(f"/api/v1/devices/{dev.device_id}/positions")).json()
+    assert [f["geometry"]["coordinates"][1] for f in track["features"]] == [52.50, 52.51, 52.52]
+
+
 async def test_log_upload(client: httpx.AsyncClient) -> None:
     dev = await online_device(client)
     r = await dev.call(

@@ -20,7 +20,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer fkt_...`")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: a plain def would run on a worker thread, once per request.
     state: AppState = request.app.state.fleetkeeper
     return state
 

@@ -210,7 +210,11 @@ def _apply_reported(device: Device, values: dict[str, Any]) -> None:
 async def report_inventory(
     session: AsyncSession, change: Change, device_id: str, values: dict[str, Any]
 ) -> Device:
-    """What a device says about itself; audited (as the device) only when something changed."""
+    """What a device says about itself; audited (as the device) only when something changed.
+
+    A new location is not audited: a moving device reports one every few minutes, and its
+    position history (services/geo) is where movements are kept.
+    """
     device = await session.get_one(Device, device_id)
     model_name = await session.scalar(
         select(DeviceModel.name).where(DeviceModel.id == device.model_id)
@@ -219,14 +223,19 @@ async def report_inventory(
     before = summary(device, model_name or "", tags)
     _apply_reported(device, {k: v for k, v in values.items() if k in REPORTED})
     await session.flush()
-    if await audit.append_changes(
-        session,
-        change,
-        action="device.report",
-        target=f"device:{device.id}",
-        tenant_id=device.tenant_id,
-        before=before,
-        after=summary(device, model_name or "", tags),
+    after = summary(device, model_name or "", tags)
+    moved = before.pop("location", None) != after.pop("location", None)
+    if (
+        await audit.append_changes(
+            session,
+            change,
+            action="device.report",
+            target=f"device:{device.id}",
+            tenant_id=device.tenant_id,
+            before=before,
+            after=after,
+        )
+        or moved
     ):
         device.updated_at = change.now()
     return device
