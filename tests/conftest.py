@@ -126,6 +126,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         admin_token=ADMIN_TOKEN,
         scheduler_interval_seconds=0,
+        monitor_interval_seconds=0,  # and so is the health watch (HealthWatch.tick())
     )
 
 

@@ -266,6 +266,17 @@ def test_a_value_at_a_bound_of_the_range_is_saturation_not_a_stuck_sensor(
     assert "stuck_sensor" not in flags(detect(held, now=NOW, peers=moving))
 
 
+def test_a_unit_reading_a_slow_metric_more_often_than_its_peers_is_not_stuck() -> None:
+    # Batteries that change by 0.01 % every 400 s; the subject reads every second (a flood).
+    def slow(step: float, n: int, device: str) -> Series:
+        values = [round(80.0 - 0.000025 * (i * step), 2) for i in reversed(range(n))]
+        return series(values, device=device, metric="battery", step=step)
+
+    moving = [slow(STEP, 360, f"peer-{i}") for i in range(5)]
+    subject = slow(1.0, 900, "unit")
+    assert "stuck_sensor" not in flags(detect(subject, now=NOW, peers=moving))
+
+
 def test_without_peers_a_sensor_is_judged_against_its_own_past() -> None:
     values = noisy(1)[:300] + [21.5] * 60
     evidence = only(detect(series(values), now=NOW), "stuck_sensor").evidence

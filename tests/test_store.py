@@ -49,3 +49,15 @@ async def test_migrations_match_the_models(db: Database) -> None:
     async with db.engine.connect() as conn:
         changes = await conn.run_sync(diff)
     assert changes == [], f"models and migrations differ; add a migration: {changes}"
+
+
+async def test_exclusive_work_runs_on_one_replica_at_a_time(db: Database) -> None:
+    async with db.exclusive("chore") as first:
+        assert first
+        if db.is_postgres:  # a second replica (another connection) is told to skip it
+            async with db.exclusive("chore") as second:
+                assert not second
+            async with db.exclusive("other chore") as unrelated:
+                assert unrelated
+    async with db.exclusive("chore") as again:
+        assert again  # released

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="How often the rollout scheduler looks at due deployments; 0 turns it off "
         "in this process (another replica, or a test, drives it).",
     )
+    monitor_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How often the health watch is asked whether a round is due (it judges "
+        "each device about once a minute, within a CPU budget); 0 turns it off in this process.",
+    )
     telemetry_raw_retention_days: int = Field(
         default=30,
         ge=1,

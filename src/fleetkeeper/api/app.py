@@ -27,6 +27,7 @@ from fleetkeeper.api.routes import (
     fleet,
     geo,
     groups,
+    health,
     lifecycle,
     models,
     provisioning,
@@ -88,6 +89,18 @@ async def _schedule(state: AppState, every: float) -> None:
             log.exception("rollout scheduler round failed; will retry")
 
 
+async def _monitor(state: AppState, every: float) -> None:
+    """The health watch: asked every `every` seconds, on one replica at a time."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with state.db.exclusive("health-watch") as mine:
+                if mine:
+                    await state.health_watch.tick()
+        except Exception:  # flags stay as they were until a round succeeds
+            log.exception("health watch round failed; will retry")
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -138,6 +151,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         if settings.scheduler_interval_seconds > 0:
             every = settings.scheduler_interval_seconds
             tasks.append(asyncio.create_task(_schedule(state, every), name="scheduler"))
+        if settings.monitor_interval_seconds > 0:
+            every = settings.monitor_interval_seconds
+            tasks.append(asyncio.create_task(_monitor(state, every), name="health-watch"))
         try:
             yield
         finally:
@@ -174,6 +190,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         users.router,
         deployments.router,
         telemetry.router,
+        health.router,
         device.router,
         artifacts.router,
         device_artifacts.router,

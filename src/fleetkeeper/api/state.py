@@ -11,6 +11,7 @@ from fleetkeeper.clock import Clock
 from fleetkeeper.services.device_cache import DeviceCache
 from fleetkeeper.services.identity import ServerKeys
 from fleetkeeper.services.ingest import Ingestor, Upkeep
+from fleetkeeper.services.monitoring.watch import HealthWatch
 from fleetkeeper.services.notify import Notifier
 from fleetkeeper.services.pending import PendingIndex
 from fleetkeeper.services.presence import Presence
@@ -39,6 +40,7 @@ class AppState:
     scheduler: Scheduler = field(init=False)
     ingestor: Ingestor = field(init=False)
     telemetry_upkeep: Upkeep = field(init=False)
+    health_watch: HealthWatch = field(init=False)
     scheduler_kicked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,7 @@ class AppState:
         )
         self.ingestor = Ingestor(self.db)
         self.telemetry_upkeep = Upkeep(self.ingestor.series, self.retention)
+        self.health_watch = HealthWatch(self.db, self.clock, online_window=self.online_window)
 
     def _wake(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:

@@ -20,6 +20,7 @@ from fleetkeeper.cli import (
     fleet,
     geo,
     groups,
+    health,
     lifecycle,  # noqa: F401 - adds its commands to `devices`
     models,
     provisioning,
@@ -82,6 +83,7 @@ app.add_typer(provisioning.app, name="provisioning")
 app.add_typer(provisioning.security, name="security")
 app.command("agent")(agent.agent)
 app.command("telemetry")(telemetry.telemetry)
+app.add_typer(health.app, name="health")
 geo.register(app)
 app.command("simulate")(simulate.simulate)
 app.command("demo")(demo.demo)

@@ -8,11 +8,12 @@ use plain `BEGIN` and run beside the writer thanks to WAL. PostgreSQL needs neit
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, func
+from sqlalchemy import event, func, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -66,6 +67,25 @@ class Database:
     async def _session(self, bind: AsyncEngine) -> AsyncIterator[AsyncSession]:
         async with AsyncSession(bind, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Whether this process may do the named singleton work now: on PostgreSQL, while
+        it holds an advisory lock that no other replica holds (False: another one does);
+        on SQLite, always (one server process per file)."""
+        if self.is_sqlite:
+            yield True
+            return
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        async with self.engine.connect() as conn:
+            held = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+            await conn.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    await conn.commit()
 
     async def dispose(self) -> None:
         if self.is_sqlite:

@@ -8,9 +8,10 @@ severity and its check. Spread is measured with the median absolute deviation sc
 
 - `out_of_range`: readings outside the model's physical range; the other detectors' statistics
   leave them out and judge only readings that could be true (flood and silent count them all).
-- `stuck_sensor`: the latest readings sit on one value, while the peers' readings (or the
-  device's own earlier ones) keep changing. A value at a bound of the range (a full battery) is
-  saturation, not a stuck sensor.
+- `stuck_sensor`: the latest readings sit on one value for a time in which the peers' readings
+  (or the device's own earlier ones) keep changing, counted in changes a second so a unit that
+  reads more often than its peers is not held to their changes per reading. A value at a bound
+  of the range (a full battery) is saturation, not a stuck sensor.
 - `spike`: readings far from their neighbours (a Hampel filter: median ± k·MAD in a rolling
   window, following the window's slope), and farther than the peers' readings ever stray.
 - `peer_deviation`: the recent median far from the peers' recent medians, in MAD units; for
@@ -170,16 +171,21 @@ def check_stuck(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
         abs(value - bound) <= th.stuck_epsilon for bound in subject.physical_range
     ):
         return None  # a full battery or an empty disk holds still for real
-    shares = [p.change_share for p in peers if p.change_share is not None]
-    before = values[: len(values) - run + 1]  # up to and including the run's first value
-    past = change_share(before, th.stuck_epsilon) if len(before) > th.stuck_min_points else None
-    if shares:
-        reference, source = median(shares), "peers"
+    # Changes a second, not a reading: a unit that reports ten times as often as its peers
+    # sees a slow metric (a battery) change ten times as rarely per reading.
+    rates = [p.change_rate for p in peers if p.change_rate is not None]
+    before = times[: len(times) - run + 1], values[: len(values) - run + 1]
+    past = None
+    if len(before[1]) > th.stuck_min_points and before[0][-1] > before[0][0]:
+        share = change_share(before[1], th.stuck_epsilon)
+        past = (share or 0.0) * (len(before[1]) - 1) / (before[0][-1] - before[0][0])
+    if rates:
+        reference, source = median(rates), "peers"
     elif past is not None:
         reference, source = past, "own history"
     else:
         return None  # nothing to compare with: a value that never moves may be right
-    expected = reference * (run - 1)
+    expected = reference * (times[-1] - since)
     if expected < th.stuck_expected_changes:
         return None
     return {

@@ -216,6 +216,15 @@ class Profile:
         return change_share(self.clean[1], self.thresholds.stuck_epsilon)
 
     @cached_property
+    def change_rate(self) -> float | None:
+        """How many changes a second (the changes between readings over their time span)."""
+        times, values = self.clean
+        share = self.change_share
+        if share is None or times[-1] <= times[0]:
+            return None
+        return share * (len(values) - 1) / (times[-1] - times[0])
+
+    @cached_property
     def flat_run(self) -> int:
         """How many of the latest readings sit within the stuck epsilon of the last one."""
         values = self.clean[1]
