@@ -96,6 +96,26 @@ async def test_telemetry_keeps_good_points_and_names_bad_ones(
         assert await session.scalar(select(func.count()).select_from(TelemetryPoint)) == 2
 
 
+async def test_a_telemetry_body_that_is_not_a_batch_is_refused_naming_the_problem(
+    client: httpx.AsyncClient,
+) -> None:
+    dev = await online_device(client)
+
+    async def send(raw: bytes) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        return await dev.call("POST", "/telemetry", content=raw, headers=headers)
+
+    r = await send(b"{not json")
+    assert r.status_code == 400 and r.json()["code"] == "malformed", r.text
+    for raw, field in ((b'{"points": 3}', "points"), (b"{}", "points"), (b"[]", "body")):
+        r = await send(raw)
+        assert r.status_code == 422, (raw, r.text)
+        assert r.json()["errors"][0]["field"] == field, (raw, r.text)
+    too_many = {"points": [{"metric": "m", "value": 1, "ts": 0}] * 1001}
+    r = await dev.call("POST", "/telemetry", json=too_many)
+    assert r.status_code == 422 and "points" in r.text, r.text
+
+
 async def test_oversized_telemetry_is_413(client: httpx.AsyncClient) -> None:
     dev = await online_device(client)
     r = await dev.call(

@@ -22,7 +22,7 @@ from fleetkeeper.store.models import (
     TelemetryMinute,
     TelemetryPoint,
 )
-from fleetkeeper.store.timeseries import Point, Retention, sqlite_time
+from fleetkeeper.store.timeseries import Point, Retention, aggregate, latest, sqlite_time
 
 T0 = datetime(2025, 12, 31, 12, 0, tzinfo=UTC)
 
@@ -248,5 +248,16 @@ async def test_series_reads_the_same_buckets_from_rollups_as_from_raw(
                 assert a["avg"] == pytest.approx(b["avg"])
 
 
-def test_sqlite_times_are_written_as_sqlalchemy_writes_them() -> None:
+def test_aggregate_and_latest_are_plain_functions() -> None:
+    rows = [
+        ("d", "m", "2026-01-01 10:00:05.000000", 3.0),
+        ("d", "m", "2026-01-01 10:00:55.000000", 1.0),
+        ("d", "m", "2026-01-01 10:01:00.000000", 2.0),
+    ]
+    minute = lambda ts: ts[:16]  # noqa: E731
+    assert aggregate(rows, minute) == [
+        ("d", "m", "2026-01-01 10:00", 1.0, 3.0, 4.0, 2),
+        ("d", "m", "2026-01-01 10:01", 2.0, 2.0, 2.0, 1),
+    ]
+    assert latest(rows) == [rows[2]]
     assert sqlite_time(datetime(2026, 1, 1, 10, 0, tzinfo=UTC)) == "2026-01-01 10:00:00.000000"

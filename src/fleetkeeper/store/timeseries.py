@@ -1,20 +1,22 @@
 """Telemetry storage: raw points, 1-minute and 1-hour roll-ups, each device's latest values.
 
-One `write` stores a batch of points from any number of devices in one statement, whatever
-its size, on either database:
+One `write` stores a batch of points from any number of devices in a handful of statements,
+whatever its size, on either database:
 
-1. the raw points, `ON CONFLICT DO NOTHING` (a resent point is ignored);
-2. the roll-ups of only the rows that were new, merged into the 1-minute and 1-hour tables
-   with an upsert that takes the min/max and adds the sums and counts, so a late or
-   out-of-order point lands in its own bucket and a repeat is never counted twice;
+1. the raw points, `ON CONFLICT DO NOTHING` (a resent point is ignored), keeping the rows
+   that were new (`RETURNING`);
+2. the roll-ups of only those new rows, merged into the 1-minute and 1-hour tables with an
+   upsert that takes the min/max and adds the sums and counts, so a late or out-of-order
+   point lands in its own bucket and a repeat is never counted twice;
 3. the latest value per device and metric, replaced only by a newer point.
 
-On SQLite (2) and (3) are a trigger on `telemetry` (migration 0005) that fires for each row
-really inserted; the rows travel as one JSON document (`json_each`). On PostgreSQL they are
-a data-modifying CTE over the insert's `RETURNING`, grouped per bucket, and the rows travel
-as one array per column (`unnest`). Either way the work happens in the database, not on the
-event loop's thread, and no rows travel back. PostgreSQL's raw table is partitioned by day
-(`store/partitions.py`); `prepare` makes the partitions a batch needs.
+On PostgreSQL all three are one statement (a data-modifying CTE over the insert's
+`RETURNING`), the rows travelling as one array per column (`unnest`) and none coming back.
+On SQLite the new rows come back and are rolled up here, then upserted grouped, the rows
+travelling as one JSON document (`json_each`). We measured the alternatives on SQLite: a
+trigger per inserted row costs a third more than this, and grouping in SQL through a
+temporary table a tenth more (docs/performance.md). PostgreSQL's raw table is partitioned by
+day (`store/partitions.py`); `prepare` makes the partitions a batch needs.
 
 Times are passed in the form each database stores them: SQLite holds text in SQLAlchemy's
 `YYYY-MM-DD HH:MM:SS.ffffff` (so buckets are prefixes of it), PostgreSQL naive UTC timestamps.
@@ -22,12 +24,12 @@ Times are passed in the form each database stores them: SQLite holds text in SQL
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +40,7 @@ from fleetkeeper.store.models import TelemetryHour, TelemetryMinute, TelemetryPo
 
 # (device_id, metric, ts as an aware UTC datetime, value)
 Point = tuple[str, str, datetime, float]
+ROLLUPS = (("telemetry_1m", 60), ("telemetry_1h", 3600))
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,66 @@ def sqlite_time(ts: datetime) -> str:
     return ts.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _bucket_sqlite(width: int) -> Callable[[Any], Any]:
+    keep = 16 if width == 60 else 13  # "YYYY-MM-DD HH:MM" / "YYYY-MM-DD HH"
+    tail = ":00.000000" if width == 60 else ":00:00.000000"
+    return lambda ts: ts[:keep] + tail
+
+
+def aggregate(rows: Iterable[Sequence[Any]], bucket: Callable[[Any], Any]) -> list[tuple[Any, ...]]:
+    """Roll rows (device, metric, ts, value) up into (device, metric, bucket, min, max, sum, n),
+    sorted by key so concurrent writers lock roll-up rows in one order."""
+    out: dict[tuple[Any, Any, Any], list[Any]] = {}
+    for device, metric, ts, value in rows:
+        key = (device, metric, bucket(ts))
+        acc = out.get(key)
+        if acc is None:
+            out[key] = [value, value, value, 1]
+        else:
+            if value < acc[0]:
+                acc[0] = value
+            if value > acc[1]:
+                acc[1] = value
+            acc[2] += value
+            acc[3] += 1
+    return [(*key, *acc) for key, acc in sorted(out.items())]
+
+
+def latest(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The newest (device, metric, ts, value) of each device and metric, sorted by key."""
+    out: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for row in rows:
+        key = (row[0], row[1])
+        held = out.get(key)
+        if held is None or row[2] > held[2]:
+            out[key] = tuple(row)
+    return [out[key] for key in sorted(out)]
+
+
 class _Sqlite:
-    # The roll-ups and latest values follow from a trigger (migration 0005) that fires for each
-    # row really inserted: the work stays in SQLite's C code, off the event loop's thread.
     RAW = text(
         "INSERT INTO telemetry (device_id, metric, ts, value, received_at) "
         "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4 "
-        "FROM json_each(:rows) AS j WHERE true ON CONFLICT DO NOTHING"
+        "FROM json_each(:rows) AS j WHERE true "
+        "ON CONFLICT DO NOTHING RETURNING device_id, metric, ts, value"
     )
+    ROLLUP = (
+        "INSERT INTO {table} (device_id, metric, bucket, min_value, max_value, sum_value, count) "
+        "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4, "
+        "j.value ->> 5, j.value ->> 6 FROM json_each(:rows) AS j WHERE true "
+        "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET "
+        "min_value = min(min_value, excluded.min_value), "
+        "max_value = max(max_value, excluded.max_value), "
+        "sum_value = sum_value + excluded.sum_value, count = count + excluded.count"
+    )
+    LATEST = text(
+        "INSERT INTO telemetry_latest (device_id, metric, ts, value) "
+        "SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 "
+        "FROM json_each(:rows) AS j WHERE true "
+        "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+        "WHERE excluded.ts > telemetry_latest.ts"
+    )
+    bucket = staticmethod(_bucket_sqlite)
 
     @staticmethod
     def time(ts: datetime) -> Any:
@@ -68,7 +123,7 @@ class _Sqlite:
 
     @staticmethod
     def params(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
-        return {"rows": json.dumps(rows, separators=(",", ":"))}
+        return {"rows": orjson.dumps(rows).decode()}
 
 
 class _Postgres:
@@ -117,6 +172,10 @@ class TimeSeries:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._sql: type[_Sqlite] | type[_Postgres] = _Sqlite if db.is_sqlite else _Postgres
+        self._rollups = [
+            (text(_Sqlite.ROLLUP.format(table=table)), _Sqlite.bucket(width))
+            for table, width in ROLLUPS
+        ]
         self._days: set[date] = set()  # days known to have a partition (PostgreSQL)
 
     async def write(
@@ -134,8 +193,12 @@ class TimeSeries:
         if sql is _Postgres:
             new = await session.scalar(_Postgres.ALL, sql.params(rows))
             return Written(len(rows), int(new or 0))
-        result = await session.execute(_Sqlite.RAW, sql.params(rows))
-        return Written(len(rows), int(getattr(result, "rowcount", 0) or 0))
+        stored = (await session.execute(_Sqlite.RAW, sql.params(rows))).all()
+        if stored:
+            for statement, bucket in self._rollups:
+                await session.execute(statement, sql.params(aggregate(stored, bucket)))
+            await session.execute(_Sqlite.LATEST, sql.params(latest(stored)))
+        return Written(len(rows), len(stored))
 
     async def prepare(self, points: Iterable[Point]) -> None:
         """Make the day partitions these points need (PostgreSQL; nothing on SQLite)."""

@@ -6,8 +6,10 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from fleetkeeper.api.deps import StateDep
 from fleetkeeper.api.device_auth import ActiveDeviceDep, DeviceDep, refuse, refuse_if_retired
@@ -327,10 +329,32 @@ async def inventory(state: StateDep, device: ActiveDeviceDep, body: InventoryIn)
     )
 
 
-@router.post("/telemetry", response_model=TelemetryOut, summary="Send measurements")
+@router.post(
+    "/telemetry",
+    response_model=TelemetryOut,
+    summary="Send measurements",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TelemetryIn.model_json_schema()}},
+        }
+    },
+)
 async def send_telemetry(
-    state: StateDep, device: ActiveDeviceDep, body: TelemetryIn
+    request: Request, state: StateDep, device: ActiveDeviceDep
 ) -> TelemetryOut:
+    # The hottest route: the body is parsed with orjson (a tenth of json's time), then checked
+    # by the same model FastAPI would use, with the same 422 on a bad shape.
+    try:
+        body = TelemetryIn.model_validate(orjson.loads(await request.body()))
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}"}]
+        ) from None
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
     now = state.clock.now()
     rows, rejected = telemetry.validate(body.points, now, state.retention.raw)
     try:
