@@ -4,8 +4,10 @@ Scenarios: fleet-query (with fleet-aggregate), bulk-import, each beside the bare
 the same work; checkin, beside a bare endpoint of the same server; longpoll, memory held by
 10,000 open long-polls beside the idle server; simulator, memory of `fleetkeeper simulate`
 with 10,000 devices beside the same simulator with one; rollout, a four-phase rollout to
-10,000 emulated devices beside the policy's own pacing replayed through the planner. Each is
-reported as a ratio; results go to bench/results/*.json and the table in docs/performance.md.
+10,000 emulated devices beside the policy's own pacing replayed through the planner; telemetry,
+points/s ingested over HTTP beside the bare driver inserting the same rows, and a 30-day chart
+query (telemetry-chart). Each is reported as a ratio; results go to bench/results/*.json and
+the table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -15,12 +17,20 @@ import json
 import sys
 from dataclasses import asdict
 
-from bench import device, inventory, rollout, sim
+from bench import device, inventory, rollout, sim, telemetry
 from bench.databases import DEFAULT_PG
 from bench.harness import Result, save
 from bench.report import update_doc
 
-SCENARIOS = ("fleet-query", "bulk-import", "checkin", "longpoll", "rollout", "simulator")
+SCENARIOS = (
+    "fleet-query",
+    "bulk-import",
+    "checkin",
+    "longpoll",
+    "rollout",
+    "telemetry",
+    "simulator",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                 1_000 if args.quick else 10_000,
                 args.pg_url,
                 checkin=15 if args.quick else 60,
+            )
+        if "telemetry" in chosen:
+            results += telemetry.telemetry(
+                kind,
+                2_000 if args.quick else 10_000,
+                args.pg_url,
+                rounds=3 if args.quick else 7,
+                seconds=3 if args.quick else 8,
+                limit_rows=30_000 if args.quick else 100_000,
+                chart_metrics=1 if args.quick else len(telemetry.METRICS),
             )
     if "simulator" in chosen:  # no database: the simulator runs against a stand-in server
         results += sim.simulator(

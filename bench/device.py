@@ -1,17 +1,15 @@
 """Device API scenarios: check-in throughput beside a bare endpoint, and long-poll memory.
 
 The load comes from a separate process speaking HTTP/1.1 by hand over raw asyncio sockets
-(uvloop when installed), so the generator costs far less per request than the server and
-none of its work runs inside the server process. Setup takes shortcuts that are not
-measured: devices are written straight into the database and access tokens are minted with
-the server's own key, exactly as `/device/v1/auth/token` would.
+(bench/loadgen.py), so the generator costs far less per request than the server and none of
+its work runs inside the server process. Setup takes shortcuts that are not measured: devices
+are written straight into the database and access tokens are minted with the server's own
+key, exactly as `/device/v1/auth/token` would.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import re
 import resource
 import signal
 import statistics
@@ -19,136 +17,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import psutil
 import uvloop  # ships with uvicorn[standard]
 
-from bench.databases import RawConnection, fresh_database
-from bench.harness import Result, Stats, server
-from bench.population import populate
-from fleetkeeper.services.identity import issue_token
+from bench.databases import fresh_database
+from bench.harness import Result, Stats, server, server_pid
+from bench.loadgen import SPAWN, checkin_request, drive
+from bench.population import device_tokens, populate
 
-_SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of ours inside
-_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 PING = b"GET /device/v1/ping HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
-def checkin_request(token: str, body: bytes = b"{}") -> bytes:
-    return (
-        b"POST /device/v1/checkin HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + token.encode() + b"\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-
-
-# --- the load generator (runs in its own process) -------------------------------------------
-
-
-class _KeepAlive(asyncio.Protocol):
-    """One keep-alive connection: send a request, read the answer, send the next one."""
-
-    def __init__(self, load: _Load) -> None:
-        self.load = load
-        self.buffer = b""
-        self.sent = 0.0
-        self.done = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self._send()
-
-    def _send(self) -> None:
-        request = self.load.next_request()
-        if request is None:
-            self.transport.close()
-            return
-        self.sent = time.perf_counter()
-        self.transport.write(request)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (head_end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            length = _LENGTH.search(self.buffer, 0, head_end)
-            end = head_end + 4 + (int(length.group(1)) if length else 0)
-            if len(self.buffer) < end:
-                return
-            self.load.answered(int(self.buffer[9:12]), time.perf_counter() - self.sent)
-            self.buffer = self.buffer[end:]
-            self._send()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-class _Load:
-    """Requests handed out round-robin; answers counted only inside the measured window."""
-
-    def __init__(self, requests: list[bytes], warmup: float, seconds: float) -> None:
-        self.requests = requests
-        self.i = 0
-        now = time.perf_counter()
-        self.start, self.stop = now + warmup, now + warmup + seconds
-        self.statuses: Counter[int] = Counter()
-        self.latencies: list[float] = []
-
-    def next_request(self) -> bytes | None:
-        if time.perf_counter() >= self.stop:
-            return None
-        self.i += 1
-        return self.requests[self.i % len(self.requests)]
-
-    def answered(self, status: int, latency: float) -> None:
-        if self.start <= time.perf_counter() < self.stop:
-            self.statuses[status] += 1
-            self.latencies.append(latency)
-
-
-def drive(
-    port: int, requests: list[bytes], connections: int, warmup: float, seconds: float, pid: int
-) -> dict[str, Any]:
-    """Keep `connections` connections busy for warmup + seconds; report the measured part."""
-    return uvloop.run(_drive(port, requests, connections, warmup, seconds, pid))
-
-
-async def _drive(
-    port: int, requests: list[bytes], connections: int, warmup: float, seconds: float, pid: int
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    load = _Load(requests, warmup, seconds)
-    opened = [
-        await loop.create_connection(lambda: _KeepAlive(load), "127.0.0.1", port)
-        for _ in range(connections)
-    ]
-    await asyncio.sleep(max(0.0, load.start - time.perf_counter()))
-    before = _cpu_snapshot(pid)
-    await asyncio.sleep(max(0.0, load.stop - time.perf_counter()))
-    after = _cpu_snapshot(pid)
-    await asyncio.gather(*(protocol.done for _, protocol in opened))
-    latencies = sorted(load.latencies) or [0.0]
-    return {
-        "requests": sum(load.statuses.values()),
-        "statuses": {str(k): v for k, v in sorted(load.statuses.items())},
-        "seconds": after["wall"] - before["wall"],
-        "server_cpu_s": after["server"] - before["server"],
-        "client_cpu_s": after["client"] - before["client"],
-        "machine_busy_s": after["busy"] - before["busy"],
-        "latency_p50_s": latencies[len(latencies) // 2],
-        "latency_p99_s": latencies[int(len(latencies) * 0.99)],
-    }
-
-
-def _cpu_snapshot(pid: int) -> dict[str, float]:
-    server, machine = psutil.Process(pid).cpu_times(), psutil.cpu_times()
-    return {
-        "wall": time.perf_counter(),
-        "server": server.user + server.system,
-        "client": time.process_time(),
-        "busy": sum(machine) - machine.idle - getattr(machine, "iowait", 0.0),
-    }
+# --- the long-poll holder (runs in its own process) -----------------------------------------
 
 
 class _Held(asyncio.Protocol):
@@ -211,26 +94,6 @@ def raise_open_files(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def _tokens(url: str) -> list[str]:
-    """An access token for every device, signed with the server's own key (setup shortcut)."""
-    raw = RawConnection(url)
-    try:
-        key = raw.fetch("SELECT value FROM server_secrets WHERE name = 'device_token_key'")
-        ids = [row[0] for row in raw.fetch("SELECT id FROM devices ORDER BY id")]
-    finally:
-        raw.close()
-    now = datetime.now(UTC)
-    return [issue_token(bytes.fromhex(key[0][0]), i, 0, now)[0] for i in ids]
-
-
-def _server_pid(port: int) -> int:
-    """The `fleetkeeper serve` child the harness started on `port`."""
-    for child in psutil.Process().children():
-        if str(port) in child.cmdline() and "serve" in child.cmdline():
-            return child.pid
-    raise RuntimeError(f"no server child process on port {port}")
-
-
 def _summary(rounds: list[dict[str, Any]], what: str) -> dict[str, Any]:
     def med(f: Callable[[dict[str, Any]], float]) -> float:
         return round(statistics.median(f(r) for r in rounds), 4)
@@ -255,11 +118,11 @@ def checkin(
     """Check-ins per second against pings per second of the same server, rounds interleaved."""
     with fresh_database(kind, pg_url) as url:
         populate(url, size)
-        with server(url) as client, ProcessPoolExecutor(1, mp_context=_SPAWN) as pool:
+        with server(url) as client, ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
             port = client.base_url.port
             assert port is not None
-            pid = _server_pid(port)
-            checkins = [checkin_request(t) for t in _tokens(url)]
+            pid = server_pid(port)
+            checkins = [checkin_request(t) for t in device_tokens(url)]
 
             def run(requests: list[bytes], warmup: float) -> dict[str, Any]:
                 return pool.submit(
@@ -297,16 +160,16 @@ def longpoll(kind: str, size: int, pg_url: str, *, settle: float = 5.0) -> list[
         with server(url) as client:
             port = client.base_url.port
             assert port is not None
-            proc = psutil.Process(_server_pid(port))
-            tokens = _tokens(url)
+            proc = psutil.Process(server_pid(port))
+            tokens = device_tokens(url)
             for token in tokens[:50]:  # every code path once before "idle" is measured
                 auth = {"Authorization": f"Bearer {token}"}
                 client.post("/device/v1/checkin", json={}, headers=auth).raise_for_status()
             time.sleep(2)
             idle, idle_fds = _sample(proc, 2.5), proc.num_fds()
             requests = [checkin_request(t, b'{"wait": 60}') for t in tokens]
-            parent, child = _SPAWN.Pipe()
-            loader = _SPAWN.Process(target=hold, args=(port, requests, child))
+            parent, child = SPAWN.Pipe()
+            loader = SPAWN.Process(target=hold, args=(port, requests, child))
             began = time.monotonic()  # everything below must end before the 60 s wait does
             loader.start()
             opened = parent.recv()

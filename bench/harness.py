@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -122,13 +123,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(database_url: str, *, data_dir: Path | None = None) -> Iterator[httpx.Client]:
-    """A `fleetkeeper serve` subprocess on a free port; yields an admin client for it."""
+def server(
+    database_url: str, *, data_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[httpx.Client]:
+    """A `fleetkeeper serve` subprocess on a free port; yields an admin client for it.
+
+    `env`: variables for the server on top of ours (settings a scenario changes), which
+    leaves this process's own environment alone.
+    """
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="fk-bench-"))
-    env = os.environ | {
+    server_env = {
+        **os.environ,
         "FLEETKEEPER_ADMIN_TOKEN": BENCH_TOKEN,
         "FLEETKEEPER_MAX_IMPORT_BYTES": str(512 * 1024 * 1024),
+        **(env or {}),
     }
     log = (workdir / "server.log").open("w")
     proc = subprocess.Popen(
@@ -144,7 +153,7 @@ def server(database_url: str, *, data_dir: Path | None = None) -> Iterator[httpx
             "--database-url",
             database_url,
         ],
-        env=env,
+        env=server_env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -173,3 +182,11 @@ def server(database_url: str, *, data_dir: Path | None = None) -> Iterator[httpx
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def server_pid(port: int) -> int:
+    """The `fleetkeeper serve` child that `server` started on `port`."""
+    for child in psutil.Process().children():
+        if str(port) in child.cmdline() and "serve" in child.cmdline():
+            return child.pid
+    raise RuntimeError(f"no server child process on port {port}")

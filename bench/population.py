@@ -16,7 +16,9 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from bench.databases import RawConnection
 from fleetkeeper.ids import uuid7
+from fleetkeeper.services.identity import issue_token
 from fleetkeeper.store.migrate import upgrade
 from fleetkeeper.versions import firmware_key
 
@@ -105,6 +107,20 @@ def populate(url: str, n: int, seed: int = 7) -> None:
         _populate_sqlite(make_url(url).database or "", n, seed)
     else:
         asyncio.run(_populate_postgres(url, n, seed))
+
+
+def device_tokens(url: str) -> list[str]:
+    """An access token for every device, in id order, signed with the server's own key as
+    `/device/v1/auth/token` would (a setup shortcut: no time goes to authenticating). The
+    server makes its key when it first starts: call this once a server has run on `url`."""
+    raw = RawConnection(url)
+    try:
+        key = raw.fetch("SELECT value FROM server_secrets WHERE name = 'device_token_key'")
+        ids = [row[0] for row in raw.fetch("SELECT id FROM devices ORDER BY id")]
+    finally:
+        raw.close()
+    now = datetime.now(UTC)
+    return [issue_token(bytes.fromhex(key[0][0]), i, 0, now)[0] for i in ids]
 
 
 def _populate_sqlite(path: str, n: int, seed: int) -> None:

@@ -30,9 +30,8 @@ import httpx
 import psutil
 
 from bench.databases import fresh_database
-from bench.device import _server_pid, _tokens
-from bench.harness import Result, Stats, server
-from bench.population import populate
+from bench.harness import Result, Stats, server, server_pid
+from bench.population import device_tokens, populate
 from fleetkeeper.services.rollout import planner
 from fleetkeeper.services.rollout.policy import RolloutPolicy
 from fleetkeeper.sim.transport import LeanTransport
@@ -134,8 +133,8 @@ def rollout(
         with server(url) as admin:
             port = admin.base_url.port
             assert port is not None
-            proc = psutil.Process(_server_pid(port))
-            tokens = _tokens(url)
+            proc = psutil.Process(server_pid(port))
+            tokens = device_tokens(url)
             models = [m["name"] for m in admin.get("/api/v1/models").json()["items"]]
             uploaded = admin.post(
                 "/api/v1/artifacts",

@@ -14,7 +14,6 @@ import base64
 import itertools
 import json
 import multiprocessing
-import re
 import socket
 import statistics
 import subprocess
@@ -28,9 +27,9 @@ import psutil
 import uvloop  # ships with uvicorn[standard]
 
 from bench.harness import Result, Stats, free_port
+from bench.loadgen import next_message
 
 _SPAWN = multiprocessing.get_context("spawn")
-_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 CHECKIN_INTERVAL, TELEMETRY_INTERVAL = 30.0, 10.0
 ENROLL_RATE = 250.0  # enrolments started per second (the simulator's default is 50)
 PROVISIONING_TOKEN = "fkp_bench-stand-in-token"
@@ -87,13 +86,10 @@ class _StandIn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while (head_end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            length = _LENGTH.search(self.buffer, 0, head_end)
-            end = head_end + 4 + (int(length.group(1)) if length else 0)
-            if len(self.buffer) < end:
-                return
-            path = self.buffer.split(b" ", 2)[1].split(b"?", 1)[0]
-            status, payload = _answer(path, self.buffer[head_end + 4 : end], self.ids)
+        while (message := next_message(self.buffer)) is not None:
+            head, body, end = message
+            path = head.split(b" ", 2)[1].split(b"?", 1)[0]
+            status, payload = _answer(path, body, self.ids)
             self.buffer = self.buffer[end:]
             out = json.dumps(payload).encode()
             self.transport.write(
