@@ -222,6 +222,33 @@ async def test_a_flood_is_one_flag_for_the_whole_device(
     assert flag.evidence["points"] >= 960 and flag.evidence["reference"] == "expected interval"
 
 
+def counting_uptime(
+    booted: float, reboots: tuple[float, ...] = ()
+) -> Callable[[Unit, float, dict[str, float]], dict[str, float]]:
+    """The unit also reports `uptime`: seconds since it booted, back to 0 at each reboot."""
+
+    def fault(unit: Unit, t: float, values: dict[str, float]) -> dict[str, float]:
+        values["uptime"] = round(t - max([booted, *(r for r in reboots if r <= t)]), 1)
+        return values
+
+    return fault
+
+
+async def test_a_reboot_that_sets_uptime_back_to_zero_raises_no_flag(
+    app: FastAPI, units: list[Unit], clock: FakeClock
+) -> None:
+    now = clock.now().timestamp()
+    booted = now - 2 * HOUR
+    counting = {
+        u.serial: counting_uptime(booted, (now - 1800.0, now - 600.0) if i < 3 else ())
+        for i, u in enumerate(units)
+    }
+    await report(units, now - HOUR, now, faults=counting)
+    result = await watch_of(app).tick(force=True)
+    assert result.points == 8 * 360 * 4
+    assert await flags(app) == {}
+
+
 async def test_a_device_gone_quiet_is_silent_once_not_per_metric(
     app: FastAPI, units: list[Unit], clock: FakeClock
 ) -> None:

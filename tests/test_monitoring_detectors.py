@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from fleetkeeper.services.monitoring import detectors
 from fleetkeeper.services.monitoring.detectors import (
+    COUNTER_METRICS,
     DEFAULT_RANGES,
     DETECTORS,
     FLAGS,
@@ -97,6 +98,7 @@ def test_the_public_surface_is_pinned() -> None:
     assert sorted(detectors.__all__) == sorted(
         [
             "ACTIVITY_METRICS",
+            "COUNTER_METRICS",
             "DEFAULT_RANGES",
             "DEFAULT_THRESHOLDS",
             "DETECTORS",
@@ -315,7 +317,8 @@ def test_a_point_far_from_its_neighbours_is_a_spike() -> None:
     values = noisy(1)
     values[200] = 35.0
     evidence = only(detect(series(values), now=NOW, peers=peers()), "spike").evidence
-    assert evidence["points"] == 1 and evidence["of"] == 360 and evidence["limit"] == 8.0
+    assert evidence["points"] == 1 and evidence["of"] == 360 and evidence["reference"] == "peers"
+    assert 8.0 < evidence["limit"] < 15.0  # three times the typical peer's wildest (~4)
     spikes = evidence["spikes"]
     assert isinstance(spikes, list) and len(spikes) == 1
     spike = spikes[0]
@@ -359,17 +362,104 @@ def test_a_change_of_level_is_not_a_spike() -> None:
     assert "spike" not in flags(detect(series(values), now=NOW))
 
 
-def test_jumps_as_wild_as_the_peers_own_are_not_spikes() -> None:
-    def fading(seed: int, device: str) -> Series:
-        values = noisy(seed, base=-70.0, sigma=1.0)
-        for i in range(20, 360, 40):
-            values[i] -= 40.0  # a deep fade every few minutes: how this radio behaves
-        return series(values, device=device, metric="rssi")
+def fading(seed: int, device: str = "unit", *, depth: float = 40.0) -> Series:
+    """A radio with a deep fade every 40 readings (every few minutes): how it behaves."""
+    values = noisy(seed, base=-70.0, sigma=1.0)
+    for i in range(20, 360, 40):
+        values[i] -= depth
+    return series(values, device=device, metric="rssi")
 
+
+def test_jumps_as_wild_as_the_peers_own_are_not_spikes() -> None:
     group = [fading(i, f"peer-{i}") for i in range(6)]
-    assert "spike" not in flags(detect(fading(99, "unit"), now=NOW, peers=group))
-    alone = detect(fading(99, "unit"), now=NOW)
-    assert "spike" in flags(alone)
+    assert "spike" not in flags(detect(fading(99), now=NOW, peers=group))
+
+
+def test_a_radio_that_fades_time_after_time_is_not_faulty_without_peers_either() -> None:
+    assert "spike" not in flags(detect(fading(99), now=NOW))
+    assert "spike" not in flags(detect(fading(99), now=NOW, peers=[fading(1, "peer-1")]))
+
+
+def radio(seed: int, device: str) -> Series:
+    """A radio like the simulator's: 2.5 dB of noise, a fade of 5-15 dB in one reading of 20."""
+    rng = random.Random(seed)
+    level = rng.uniform(-85, -55)
+    values = [
+        round(level + rng.gauss(0, 2.5) - (rng.uniform(5, 15) if rng.random() < 0.05 else 0), 1)
+        for _ in range(360)
+    ]
+    return series(values, device=device, metric="rssi")
+
+
+def test_a_small_group_tells_a_broken_radio_from_radios_that_fade() -> None:
+    group = [radio(i, f"unit-{i}") for i in range(3)]
+    broken = [*group[0].points]
+    broken[150] = (broken[150][0], -5.0)  # a reading no radio at that spot could make
+    group[0] = Series("unit-0", "rssi", broken)
+    findings = detect_group(group, now=NOW)
+    assert flags(findings["unit-0"]) == {"spike"}
+    evidence = only(findings["unit-0"], "spike").evidence
+    assert evidence["points"] == 1 and evidence["reference"] == "own history"
+    assert findings["unit-1"] == () and findings["unit-2"] == ()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_radios_that_fade_in_a_small_group_have_no_spikes(seed: int) -> None:
+    group = [radio(seed * 10 + i, f"unit-{i}") for i in range(3)]
+    assert all(found == () for found in detect_group(group, now=NOW).values())
+
+
+def test_a_wild_reading_is_a_spike_with_too_few_peers() -> None:
+    values = noisy(1)
+    values[200] = 35.0
+    evidence = only(detect(series(values), now=NOW, peers=peers(2)), "spike").evidence
+    assert evidence["reference"] == "own history" and 8.0 <= evidence["limit"] < 12.0
+
+
+def test_wild_readings_in_a_few_stretches_of_the_past_do_not_hide_each_other() -> None:
+    values = noisy(1)
+    values[30], values[200] = 35.0, 5.0  # in the oldest fifth and the middle one
+    evidence = only(detect(series(values), now=NOW), "spike").evidence
+    assert evidence["points"] == 2
+
+
+def test_with_too_few_peers_a_short_past_judges_no_spike() -> None:
+    values = noisy(1, 100)  # five stretches would hold 20 readings each, not 30
+    values[50] = 35.0
+    assert "spike" not in flags(detect(series(values), now=NOW, peers=peers(2)))
+
+
+def test_a_series_too_short_to_know_its_noise_has_no_spikes_even_among_peers() -> None:
+    values = noisy(1, 20)
+    values[10] = 35.0
+    assert "spike" not in flags(detect(series(values), now=NOW, peers=peers()))
+    values = noisy(1, 30)
+    values[10] = 35.0
+    assert "spike" in flags(detect(series(values), now=NOW, peers=peers()))
+
+
+def sawtooth(seed: int) -> list[float]:
+    """A van's battery read every ten fleet minutes: full at the depot, draining a step a
+    reading on the road, full again in one reading."""
+    rng = random.Random(seed)
+    values: list[float] = []
+    while len(values) < 360:
+        values += [100.0] * rng.randint(2, 3)
+        values += [round(100.0 - 0.38 * k, 2) for k in range(1, rng.randint(4, 9) + 1)]
+    return values[:360]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_battery_that_drains_a_step_a_reading_and_charges_at_once_is_not_spiky(
+    seed: int,
+) -> None:
+    assert "spike" not in flags(detect(series(sawtooth(seed), metric="battery"), now=NOW))
+
+
+def test_a_wild_reading_of_a_draining_battery_is_still_a_spike() -> None:
+    values = sawtooth(1)
+    values[200] = 40.0
+    assert "spike" in flags(detect(series(values, metric="battery"), now=NOW))
 
 
 @settings(max_examples=30, deadline=None)
@@ -445,6 +535,42 @@ def test_a_sensor_that_turned_noisy_lately_is_noisy_now() -> None:
     assert "noisy" in flags(detect(series(values), now=NOW, peers=peers()))
 
 
+def charging(steps: int) -> list[float]:
+    """A solar battery read every ten fleet minutes: charging ever slower as the sun sinks for
+    `steps` readings, then draining a little every reading, 90 readings in all."""
+    values = [40.0]
+    for k in range(89):
+        rise = 1.2 * math.cos(math.pi / 2 * k / steps) if k < steps else -0.016
+        values.append(values[-1] + rise)
+    return [round(v, 2) for v in values]
+
+
+def test_a_battery_charging_ever_slower_is_not_noisy() -> None:
+    draining = [
+        series([round(80 - 0.016 * k, 2) for k in range(90)], device=f"peer-{i}", metric="battery")
+        for i in range(6)
+    ]
+    battery = series(charging(60), metric="battery")
+    assert step_noise(charging(60)) > 0.4  # its steps alone would say noise of 0.4 %...
+    assert "noisy" not in flags(detect(battery, now=NOW, peers=draining))  # ...there is none
+
+
+def test_peers_held_at_a_bound_say_nothing_of_a_sensors_noise() -> None:
+    full = [series([100.0] * 90, device=f"peer-{i}", metric="battery") for i in range(6)]
+    rng = random.Random(1)
+    jittery = series([round(60 + rng.gauss(0, 0.5), 2) for _ in range(90)], metric="battery")
+    assert "noisy" not in flags(detect(jittery, now=NOW, peers=full))  # nothing to compare with
+    moving = [
+        series(
+            [round(60 + rng.gauss(0, 0.02), 2) for _ in range(90)],
+            device=f"m-{i}",
+            metric="battery",
+        )
+        for i in range(6)
+    ]
+    assert "noisy" in flags(detect(jittery, now=NOW, peers=[*full, *moving]))
+
+
 def test_noise_is_judged_only_with_enough_peers() -> None:
     assert "noisy" not in flags(detect(series(noisy(1, sigma=3.0)), now=NOW, peers=peers(4)))
 
@@ -489,10 +615,50 @@ def test_without_peers_a_flood_is_judged_against_the_devices_past() -> None:
     assert evidence["reference"] == "own history"
 
 
+def test_a_device_that_began_reporting_lately_owes_only_that_part_of_the_window() -> None:
+    young = series(noisy(1, 40), step=5.0)  # 200 s of readings every 5 s
+    assert "flood" not in flags(detect(young, now=NOW, expected_interval=5.0))
+    burst = [(NOW - 30 + k / 10, 20.0) for k in range(300)]  # 30 s at 10 a second
+    flooding_young = Series("unit", "temperature", sorted([*young.points, *burst]))
+    evidence = only(detect(flooding_young, now=NOW, expected_interval=5.0), "flood").evidence
+    assert evidence["seconds"] == 195.0 and evidence["expected_points"] == 39.0
+
+
 def test_a_few_more_points_than_usual_are_not_a_flood() -> None:
     slow = [series(noisy(i, 6), device=f"peer-{i}", step=600.0) for i in range(5)]
     busier = series(noisy(1, 36), step=100.0)  # six points in the window instead of one
     assert "flood" not in flags(detect(busier, now=NOW, peers=slow))
+
+
+# --- counters ----------------------------------------------------------------------------------
+
+
+def uptime(device: str, reboots: Sequence[int] = ()) -> Series:
+    """Seconds since boot every 10 s, back to 0 at each reboot (a reading index)."""
+    values, since = [], 0
+    for i in range(360):
+        since = i if i in reboots else since
+        values.append((i - since) * STEP)
+    return series(values, device=device, metric="uptime")
+
+
+def test_a_counter_is_not_judged_as_a_sensor() -> None:
+    group = [uptime(f"peer-{i}") for i in range(6)]
+    for reboots in ((), (200,), (100, 250, 251, 330)):
+        assert detect(uptime("unit", reboots), now=NOW, peers=group) == ()
+
+
+def test_the_sensor_detectors_skip_counters() -> None:
+    sensors = {"stuck_sensor", "noisy", "spike", "peer_deviation"}
+    assert all(d.skips >= COUNTER_METRICS for d in DETECTORS if d.flag in sensors)
+    assert {"uptime", "net_rx_bytes", "net_tx_bytes"} <= COUNTER_METRICS  # what agents count
+
+
+def test_a_counters_points_still_count_for_a_flood() -> None:
+    points = [*uptime("unit").points]
+    points += [(NOW - 300 + k / 2, 3000.0 + k / 2) for k in range(600)]
+    flood = Series("unit", "uptime", sorted(points))
+    assert flags(detect(flood, now=NOW, expected_interval=STEP)) == {"flood"}
 
 
 # --- silent ------------------------------------------------------------------------------------

@@ -391,7 +391,7 @@ def test_the_true_full_date_falls_in_the_band_nine_times_in_ten() -> None:
 
 
 def test_simulated_storage_that_never_rotates_is_dated_within_its_band() -> None:
-    hits, trials, spec, step = 0, 30, MODELS_BY_NAME["meter-e5"], 2 * HOUR
+    hits, trials, spec, step = 0, 100, MODELS_BY_NAME["meter-e5"], 2 * HOUR
     for seed in range(trials):
         rng = random.Random(seed)
         state = physics.new_physics(rng, spec)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 import statistics
 from dataclasses import replace
 
+import pytest
+
 from fleetkeeper.sim.catalogue import MODELS_BY_NAME, Site
 from fleetkeeper.sim.physics import (
+    BUSY_EVERY,
+    BUSY_SPELL,
     DAY,
     OUT_OF_RANGE,
+    THERMAL_TAU,
     Physics,
     advance,
     ambient,
@@ -21,6 +28,7 @@ from fleetkeeper.sim.physics import (
     position,
     readings,
     rssi,
+    work,
 )
 
 THERMO = MODELS_BY_NAME["thermo-v2"]
@@ -99,15 +107,84 @@ def test_storage_fills_and_most_units_rotate_their_logs() -> None:
     assert leaking.storage == 99.9
 
 
-def test_temperature_follows_the_day_and_the_load() -> None:
+def test_temperature_follows_the_day_and_the_heat_of_the_load() -> None:
     assert ambient(GREENWICH, 15 * 3600) > ambient(GREENWICH, 3 * 3600)
     assert daylight(GREENWICH, NOON) == 1.0 and daylight(GREENWICH, MIDNIGHT) == 0.0
     rng = random.Random(1)
-    idle = unit(GATEWAY, load=0.0)
-    busy = unit(GATEWAY, load=1.0)
-    cool = readings(idle, rng, GATEWAY, GREENWICH, NOON)["temperature"]
-    hot = readings(busy, rng, GATEWAY, GREENWICH, NOON)["temperature"]
+    cool = readings(unit(GATEWAY, heat=0.0), rng, GATEWAY, GREENWICH, NOON)["temperature"]
+    hot = readings(unit(GATEWAY, heat=18.0), rng, GATEWAY, GREENWICH, NOON)["temperature"]
     assert hot - cool > GATEWAY.self_heating * 0.8
+
+
+class NoSpells(random.Random):
+    """Randomness under which no busy spell ever starts."""
+
+    def expovariate(self, lambd: float = 1.0) -> float:
+        return math.inf
+
+
+def busy(ph: Physics, seconds: float, load: float = 1.0) -> Physics:
+    """`ph` in the middle of a busy spell with `seconds` left."""
+    return replace(ph, busy_left=seconds, busy_load=load)
+
+
+def test_a_unit_that_gets_busy_warms_over_minutes_not_at_once() -> None:
+    ph = busy(unit(GATEWAY, load=GATEWAY.idle_load, heat=GATEWAY.idle_load * 18.0), 6 * 3600)
+    idle_heat, rng = ph.heat, random.Random(1)
+    work(ph, rng, GATEWAY, 60)
+    assert ph.load > 0.8  # the load follows at once...
+    assert ph.heat - idle_heat < 1.0  # ...its heat does not
+    work(ph, rng, GATEWAY, THERMAL_TAU - 60)
+    assert 0.5 < (ph.heat - idle_heat) / (18.0 - idle_heat) < 0.7  # 1 - 1/e after a time constant
+    work(ph, rng, GATEWAY, 4 * THERMAL_TAU)
+    assert ph.heat == pytest.approx(18.0, abs=0.5)
+
+
+def test_a_unit_cools_back_as_slowly_once_the_spell_is_over() -> None:
+    ph = busy(unit(GATEWAY, load=1.0, heat=18.0), 0.0)
+    work(ph, NoSpells(1), GATEWAY, 600)
+    assert ph.load == pytest.approx(GATEWAY.idle_load, abs=0.01)
+    assert ph.heat > 18.0 - 0.25 * (18.0 - GATEWAY.idle_load * 18.0)
+
+
+def test_the_heat_follows_the_load_alike_in_long_steps_and_short_ones() -> None:
+    coarse = busy(unit(GATEWAY, heat=2.0, load=0.1), 3 * 3600, load=0.9)
+    fine = busy(unit(GATEWAY, heat=2.0, load=0.1), 3 * 3600, load=0.9)
+    work(coarse, random.Random(1), GATEWAY, 3600)
+    for _ in range(360):
+        work(fine, random.Random(1), GATEWAY, 10)
+    assert coarse.heat == pytest.approx(fine.heat, rel=1e-9)
+    assert coarse.load == pytest.approx(fine.load, rel=1e-9)
+
+
+def test_busy_spells_start_now_and_then_and_last_minutes() -> None:
+    ph, rng = unit(GATEWAY), random.Random(2)
+    starts, spell, spells, step = 0, 0.0, [], 60.0
+    for _ in range(int(2000 * 3600 / step)):  # 2000 fleet hours a minute at a time
+        was_busy = ph.busy_left > 0
+        work(ph, rng, GATEWAY, step)
+        if ph.busy_left > 0 and not was_busy:
+            starts += 1
+        if ph.busy_left > 0 or was_busy:
+            spell += step
+        elif spell:
+            spells.append(spell)
+            spell = 0.0
+    assert 2000 * 3600 / BUSY_EVERY * 0.9 < starts < 2000 * 3600 / BUSY_EVERY * 1.1
+    assert BUSY_SPELL[0] <= statistics.median(spells) <= BUSY_SPELL[1] + step
+
+
+def test_a_unit_read_every_ten_fleet_minutes_warms_and_cools_without_jumps() -> None:
+    """time_scale 120 at a 5 s interval: each reading 600 fleet seconds after the last."""
+    ph, rng = unit(GATEWAY), random.Random(3)
+    temperatures, t = [], NOON
+    for _ in range(2000):
+        t += 600
+        advance(ph, rng, GATEWAY, GREENWICH, 600, t)
+        temperatures.append(readings(ph, rng, GATEWAY, GREENWICH, t)["temperature"])
+    steps = [abs(b - a) for a, b in itertools.pairwise(temperatures)]
+    assert max(steps) < 4.0  # at most a quarter of the 18 °C a full load could add
+    assert max(temperatures) - min(temperatures) > 5.0  # yet busy spells do warm it
 
 
 def test_a_hot_site_reads_warmer_than_a_cold_one() -> None:
@@ -153,6 +230,26 @@ def test_a_tracker_drives_its_route_loses_coverage_and_parks_at_the_depot() -> N
     assert seen == {"parked": True, "dead": True, "moved": True}
     values = readings(ph, rng, TRACKER, GREENWICH, t)
     assert "speed" in values
+
+
+def test_no_two_rounds_of_a_trackers_loop_take_the_same_time() -> None:
+    ph, rng = unit(TRACKER, progress=0.0), random.Random(5)
+    rounds, began, t, speeds = [], 0.0, MIDNIGHT, []
+    for _ in range(30 * 24 * 60):  # a month, a fleet minute at a time
+        before = ph.progress
+        t += 60
+        advance(ph, rng, TRACKER, GREENWICH, 60, t)
+        if ph.progress < before:  # back at the depot
+            rounds.append(t - began)
+            began = t
+        speeds.append(readings(ph, rng, TRACKER, GREENWICH, t)["speed"])
+    assert len(rounds) > 20
+    assert statistics.pstdev(rounds[1:]) > 0.05 * statistics.mean(rounds[1:])
+    assert 0.3 <= ph.pace <= 1.5 and min(speeds) >= 0.0
+
+
+def test_a_mains_unit_starts_with_its_backup_battery_full() -> None:
+    assert all(new_physics(random.Random(s), METER).battery == 100.0 for s in range(20))
 
 
 def test_a_fixed_unit_only_drifts_a_little() -> None:

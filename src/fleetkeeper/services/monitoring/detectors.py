@@ -13,14 +13,21 @@ severity and its check. Spread is measured with the median absolute deviation sc
   reads more often than its peers is not held to their changes per reading. A value at a bound
   of the range (a full battery) is saturation, not a stuck sensor.
 - `spike`: readings far from their neighbours (a Hampel filter: median ± k·MAD in a rolling
-  window, following the window's slope), and farther than the peers' readings ever stray.
+  window, following the window's slope), and far beyond what the peers' readings stray to; with
+  too few peers, far beyond what the device's own series strays to in most parts of its past
+  (radio fades that keep coming are how that radio behaves, not a broken sensor).
 - `peer_deviation`: the recent median far from the peers' recent medians, in MAD units; for
   the site's environment (temperature, humidity, pressure), which every peer shares.
-- `noisy`: recent step-to-step noise far above the peers'.
+- `noisy`: recent noise (what neither a straight nor a bending trend explains) far above the
+  peers' (those not held at a bound of the range: a full battery says nothing of a gauge's
+  noise).
 - `flood`: many more points lately than the expected interval, the peers or the device's own
   past account for.
 - `silent`: no point for a while, though most peers keep reporting (when they all go quiet
   it is an outage, not a device fault).
+
+Counters (`COUNTER_METRICS`: `uptime`, the agent's byte totals) count rather than measure:
+the sensor detectors leave them alone, and flood and silent count their points like any other.
 
 Pure functions over plain data: no I/O, and the time judged (`now`) is given by the caller.
 """
@@ -49,6 +56,7 @@ from fleetkeeper.services.monitoring.profile import (
 
 __all__ = [
     "ACTIVITY_METRICS",
+    "COUNTER_METRICS",
     "DEFAULT_RANGES",
     "DEFAULT_THRESHOLDS",
     "DETECTORS",
@@ -101,6 +109,11 @@ ENVIRONMENT_METRICS = frozenset({"temperature", "humidity", "pressure"})
 # What a unit does rather than what it measures: these jump when it gets busy or drives off, and
 # sit at 0 while it idles or parks, which no sensor fault explains. spike and noisy skip them.
 ACTIVITY_METRICS = frozenset({"cpu_load", "net_tx_kbps", "speed"})
+# What a unit counts rather than measures: `uptime` (seconds since boot) and the agent's running
+# byte totals climb and fall back to 0 at every reboot, and an idle link's total holds still,
+# which no sensor statistic makes sense of (a reset is no spike, a pause no stuck sensor). The
+# sensor detectors skip them; flood and silent count their points like any other.
+COUNTER_METRICS = frozenset({"uptime", "net_rx_bytes", "net_tx_bytes"})
 
 
 class Severity(StrEnum):
@@ -167,9 +180,7 @@ def check_stuck(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
     since, value = times[-run], values[-1]
     if times[-1] - since < th.stuck_min_seconds:
         return None
-    if subject.physical_range and any(
-        abs(value - bound) <= th.stuck_epsilon for bound in subject.physical_range
-    ):
+    if subject.at_bound(value):
         return None  # a full battery or an empty disk holds still for real
     # Changes a second, not a reading: a unit that reports ten times as often as its peers
     # sees a slow metric (a battery) change ten times as rarely per reading.
@@ -224,8 +235,12 @@ def check_flood(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
     th = subject.thresholds
     count = subject.recent_count
     reporting = [p.recent_count for p in peers if p.recent_count > 0]
+    seconds = th.rate_window
     if subject.expected_interval:
-        reference, source = th.rate_window / subject.expected_interval, "expected interval"
+        # A device that began reporting within the window can only owe that part of it.
+        if subject.times and subject.times[0] > subject.now - seconds:
+            seconds = max(subject.now - subject.times[0], subject.expected_interval)
+        reference, source = seconds / subject.expected_interval, "expected interval"
     elif reporting:
         reference, source = median(reporting), "peers"
     else:
@@ -239,7 +254,7 @@ def check_flood(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
         return None
     return {
         "points": count,
-        "seconds": th.rate_window,
+        "seconds": _num(seconds),
         "expected_points": _num(reference),
         "factor": _num(count / reference),
         "reference": source,
@@ -248,11 +263,19 @@ def check_flood(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
 
 def check_spike(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
     th = subject.thresholds
-    limit = th.spike_k
-    wildest = [p.wildest for p in peers if p.deviations]
+    if len(subject.clean[1]) < th.spike_stretch:
+        return None  # too few readings to know how far the series strays by itself
+    wildest = [p.wildest for p in peers if len(p.clean[1]) >= th.spike_stretch]
     if len(wildest) >= th.min_peers:
-        # Radio fades and load bursts stray far on every unit: a spike goes beyond the peers.
-        limit = max(limit, th.spike_peer_factor * median(wildest))
+        reference = "peers"
+    else:
+        # Too few peers to say how far this metric strays on such a unit: the device's own
+        # stretches stand in for them, so fades that come back time after time are its nature.
+        wildest, reference = subject.stretches_wildest, "own history"
+        if len(wildest) < th.min_peers:
+            return None  # too short a past to tell a spike from the way it behaves
+    # Radio fades and load bursts stray far on every unit: a spike goes beyond what they do.
+    limit = max(th.spike_k, th.spike_peer_factor * median(wildest))
     times, values = subject.clean
     spikes = [i for i, d in enumerate(subject.deviations) if d > limit]
     if not spikes:
@@ -266,13 +289,15 @@ def check_spike(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
         ],
         "limit": _num(limit),
         "noise": _num(subject.noise),
+        "reference": reference,
     }
 
 
 def check_noisy(subject: Profile, peers: Sequence[Profile]) -> Evidence | None:
     th = subject.thresholds
     noise = subject.recent_noise
-    references = [p.recent_noise for p in peers if p.recent_noise is not None]
+    # A peer held at a bound (a full battery) barely moves: its noise is no sensor's.
+    references = [p.recent_noise for p in peers if p.recent_noise is not None and not p.saturated]
     if noise is None or len(references) < th.min_peers:
         return None
     peer_noise = median(references)
@@ -326,6 +351,7 @@ DETECTORS: tuple[Detector, ...] = (
         Severity.CRITICAL,
         check_stuck,
         "The latest readings hold one value while the peers' (or its own earlier) ones change.",
+        skips=COUNTER_METRICS,
     ),
     Detector(
         "quiet",
@@ -348,15 +374,15 @@ DETECTORS: tuple[Detector, ...] = (
         check_spike,
         "Readings far from what their neighbours lead one to expect, farther than peers stray.",
         yields_to=frozenset({"stuck_sensor", "noisy"}),
-        skips=ACTIVITY_METRICS,
+        skips=ACTIVITY_METRICS | COUNTER_METRICS,
     ),
     Detector(
         "step-noise",
         "noisy",
         Severity.WARNING,
         check_noisy,
-        "Step-to-step noise far above the peers' lately.",
-        skips=ACTIVITY_METRICS,
+        "Noise far above the peers' lately.",
+        skips=ACTIVITY_METRICS | COUNTER_METRICS,
     ),
     Detector(
         "peer-median",
@@ -366,6 +392,7 @@ DETECTORS: tuple[Detector, ...] = (
         "The recent median far from the peers' recent medians, in MAD units.",
         yields_to=frozenset({"stuck_sensor", "silent"}),
         metrics=ENVIRONMENT_METRICS,
+        skips=COUNTER_METRICS,
     ),
 )
 

@@ -7,6 +7,7 @@ on first use and shared by every detector and every peer that compares with it.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Sequence
@@ -65,17 +66,27 @@ class Thresholds:
     # rather than the textbook 3: a 3-sigma reading is an hourly event in a fleet, an 8-sigma one is
     # not. With enough peers a spike must also stray `spike_peer_factor` times as far as the
     # typical peer's wildest reading: radio fades and load bursts are how some metrics
-    # behave on every unit, not a broken sensor.
+    # behave on every unit, not a broken sensor. 3, as a healthy unit's wildest radio fade
+    # reaches up to 2.8 times its peers' typical wildest in the simulator's fleets (5-15 dB
+    # fades on 2.5 dB of noise), while a broken sensor's wild readings go far beyond (a 15 °C
+    # jump on 0.3 °C of noise is 50 deviations). With fewer peers the device's own past stands
+    # in for them: its time cut into `min_peers` equal stretches, each stretch's wildest
+    # reading counting as a peer's (radio fades that come every few minutes stray in most
+    # stretches; a broken sensor's wild readings in a few). Until each stretch holds
+    # `spike_stretch` readings there is too little past to compare with, and no spike; a
+    # series needs as many readings (and peers as many) before its noise is known well enough
+    # (a fifth either way) to judge spikes at all.
     spike_half_window: int = 5
     spike_k: float = 8.0
-    spike_peer_factor: float = 2.0
+    spike_peer_factor: float = 3.0
+    spike_stretch: int = 30
     # peer_deviation: |median - peers' median| / spread >= peer_z, the spread being the peers'
     # MAD of medians (at least `peer_min_spread` of the physical range's width) combined with
     # the standard error of the device's own median. Modified z-scores above 3.5 are the usual
     # outlier rule; 5 keeps a fleet of thousands free of chance findings.
     peer_z: float = 5.0
     peer_min_spread: float = 0.005
-    # noisy: step noise >= noisy_factor times the peers' median step noise (16 times the variance);
+    # noisy: recent noise >= noisy_factor times the peers' median noise (16 times the variance);
     # the peers' noise counts as at least `noise_floor` of the range's width, so quantised,
     # nearly flat metrics (battery, storage) do not turn one jitter into a finding (the same
     # floor keeps a spike's deviation from dividing by nothing).
@@ -93,8 +104,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         if min(self.min_points, self.stuck_min_points) < 2:
             raise ValueError("min_points and stuck_min_points are at least 2")
-        if min(self.min_peers, self.spike_half_window) < 1:
-            raise ValueError("min_peers and spike_half_window are at least 1")
+        if min(self.min_peers, self.spike_half_window, self.spike_stretch) < 1:
+            raise ValueError("min_peers, spike_half_window and spike_stretch are at least 1")
         scales = (self.recent_seconds, self.rate_window, self.silent_intervals, self.peer_z)
         factors = (self.spike_k, self.spike_peer_factor, self.noisy_factor, self.flood_factor)
         if any(not value > 0 for value in (*scales, *factors)):
@@ -131,6 +142,20 @@ def step_noise(values: Sequence[float]) -> float:
     return mad(steps) / math.sqrt(2)
 
 
+def bend_noise(values: Sequence[float]) -> float:
+    """The noise of a series from how its steps change: immune to a trend that bends as well as
+    to a straight one (a battery charging ever slower as the sun sinks, when the readings span
+    hours of it: a simulator's sped-up day, or readings far apart).
+
+    A second difference of white noise has √6 times its spread; the MAD discounts a few kinks.
+    0.0 below four readings.
+    """
+    if len(values) < 4:
+        return 0.0
+    bends = [a - 2 * b + c for a, b, c in zip(values, values[1:], values[2:], strict=False)]
+    return mad(bends) / math.sqrt(6)
+
+
 def change_share(values: Sequence[float], epsilon: float) -> float | None:
     """The share of steps that change the value by more than `epsilon`; None below 2 values."""
     if len(values) < 2:
@@ -164,6 +189,11 @@ class Profile:
         low, high = self.physical_range or (0.0, 0.0)
         return max(share * (high - low), _TINY)
 
+    def at_bound(self, value: float) -> bool:
+        """A reading at a bound of the physical range: held there (a full battery), saturated."""
+        eps = self.thresholds.stuck_epsilon
+        return any(abs(value - bound) <= eps for bound in self.physical_range or ())
+
     @cached_property
     def times(self) -> list[float]:
         return [t for t, _ in self.series.points]
@@ -196,6 +226,15 @@ class Profile:
         return step_noise(self.clean[1])
 
     @cached_property
+    def typical_step(self) -> float:
+        """The median distance from one reading to the next: how far the series moves in a
+        step, noise or not (white noise moves 0.95 times its spread; a steady drain its rate)."""
+        values = self.clean[1]
+        if len(values) < 2:
+            return 0.0
+        return median([abs(b - a) for a, b in itertools.pairwise(values)])
+
+    @cached_property
     def recent(self) -> list[float]:
         """The readings that could be true in the last `recent_seconds`."""
         since = self.now - self.thresholds.recent_seconds
@@ -207,8 +246,21 @@ class Profile:
         return median(self.recent) if len(self.recent) >= self.thresholds.min_points else None
 
     @cached_property
+    def saturated(self) -> bool:
+        """Held at a bound of the range for half the recent readings or more (a full battery
+        in the sun): its steps say how the bound holds, not how the sensor's readings move."""
+        return self.recent_median is not None and self.at_bound(self.recent_median)
+
+    @cached_property
     def recent_noise(self) -> float | None:
-        return step_noise(self.recent) if len(self.recent) >= self.thresholds.min_points else None
+        """The noise of the recent readings, as the noisy detector compares it: the smaller of
+        `step_noise` and `bend_noise`. A trend that bends inflates the first (a battery charging
+        ever slower as the sun sinks, read every ten fleet minutes), the corners of a sawtooth
+        the second (a van's battery, full at each stop); white noise inflates both alike."""
+        recent = self.recent
+        if len(recent) < self.thresholds.min_points:
+            return None
+        return min(step_noise(recent), bend_noise(recent))
 
     @cached_property
     def change_share(self) -> float | None:
@@ -246,7 +298,9 @@ class Profile:
         to expect is the line through the medians of those before and those after, so a ramp
         (a warming morning, a charging battery) does not hide a spike on it; their spread is
         the MAD of their distances from that line, and at least the series' step noise (a calm
-        stretch must not make an ordinary reading look wild) and a sliver of the range.
+        stretch must not make an ordinary reading look wild), its typical step (a battery
+        that drains a step a reading and charges in one, read sparsely, is a few steps off any
+        line near the jumps) and a sliver of the range.
         The first and the newest reading have neighbours on one side only and count 0.0: a
         spike or the first of a new level (a van parking), only the next reading tells.
         """
@@ -255,10 +309,11 @@ class Profile:
         if len(values) < th.min_points:
             return []
         half = th.spike_half_window
-        least = max(self.noise, self.floor(th.noise_floor))
+        least = max(self.noise, self.typical_step, self.floor(th.noise_floor))
         # Only deviations above `calm` can change a verdict (a limit is spike_k or more, and a
-        # peer's wildest raises it only from above calm): a reading within calm·least of the
-        # line keeps |x - expected| / least, an upper bound below calm, and skips the MAD.
+        # peer's or a stretch's wildest raises it only from above calm): a reading within
+        # calm·least of the line keeps |x - expected| / least, an upper bound below calm, and
+        # skips the MAD.
         calm = th.spike_k / max(th.spike_peer_factor, 1.0)
         found = []
         for i, x in enumerate(values):
@@ -285,6 +340,23 @@ class Profile:
     def wildest(self) -> float:
         """The largest deviation in the series: how far this metric strays on its own."""
         return max(self.deviations, default=0.0)
+
+    @cached_property
+    def stretches_wildest(self) -> list[float]:
+        """The largest deviation in each of `min_peers` stretches of the series, equal spans of
+        its time: how far the series strays in one part of its past and the next, as so many
+        peers would show it. Empty while a stretch holds fewer than `spike_stretch` readings
+        (too little of the past to say how it behaves)."""
+        th = self.thresholds
+        times, found = self.clean[0], self.deviations
+        if len(found) < th.min_peers * th.spike_stretch:
+            return []
+        span = (times[-1] - times[0]) / th.min_peers
+        edges = [bisect.bisect_left(times, times[0] + k * span) for k in range(th.min_peers)]
+        edges.append(len(times))
+        if any(hi - lo < th.spike_stretch for lo, hi in itertools.pairwise(edges)):
+            return []
+        return [max(found[lo:hi]) for lo, hi in itertools.pairwise(edges)]
 
     @cached_property
     def recent_count(self) -> int:
