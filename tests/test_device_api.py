@@ -201,3 +201,20 @@ async def test_unknown_command_name_shape_is_422(client: httpx.AsyncClient) -> N
     dev = await online_device(client)
     r = await client.post(f"/api/v1/devices/{dev.device_id}/commands", json={"name": "rm -rf /"})
     assert r.status_code == 422
+
+
+async def test_telemetry_is_refused_like_any_device_call_without_credentials(
+    client: httpx.AsyncClient,
+) -> None:
+    # POST /device/v1/telemetry is served by a plain Starlette endpoint (api/app.py): the
+    # same authentication and problem answers as the FastAPI routes.
+    r = await client.post(
+        "/device/v1/telemetry", json={"points": []}, headers={"Authorization": ""}
+    )
+    assert r.status_code == 401 and r.json()["code"] == "token_missing", r.text
+    r = await client.post(
+        "/device/v1/telemetry", json={"points": []}, headers={"Authorization": "Bearer nonsense"}
+    )
+    assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem")
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/device/v1/telemetry"' in metrics
