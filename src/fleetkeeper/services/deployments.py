@@ -34,6 +34,7 @@ from fleetkeeper.services.rollout.execution import (
 )
 from fleetkeeper.services.rollout.policy import RolloutPolicy
 from fleetkeeper.services.selection import QueryScope, compile_for
+from fleetkeeper.store.db import rowcount
 from fleetkeeper.store.models import (
     Artifact,
     Deployment,
@@ -292,7 +293,7 @@ async def _supersede(
             .where(*older, Execution.state.in_([str(s) for s in CANCELABLE - {State.QUEUED}]))
             .values(cancel_requested=True, deliver=True, delivered_at=None, updated_at=now)
         )
-        count += (queued.rowcount or 0) + (asked.rowcount or 0)  # type: ignore[attr-defined]
+        count += rowcount(queued) + rowcount(asked)
     return count
 
 
@@ -584,15 +585,15 @@ async def wind_down(
         .values(state=State.CANCELED, reason=Reason.CANCELED, finished_at=now, updated_at=now)
     )
     if not started_too:  # a stop: devices at work finish what they started
-        return {"canceled": canceled.rowcount or 0}  # type: ignore[attr-defined]
+        return {"canceled": rowcount(canceled)}
     asked = await session.execute(
         update(Execution)
         .where(mine, Execution.state.in_([str(s) for s in CANCELABLE - {State.QUEUED}]))
         .values(cancel_requested=True, deliver=True, delivered_at=None, updated_at=now)
     )
     out = {
-        "canceled": canceled.rowcount or 0,  # type: ignore[attr-defined]
-        "cancel_requested": asked.rowcount or 0,  # type: ignore[attr-defined]
+        "canceled": rowcount(canceled),
+        "cancel_requested": rowcount(asked),
     }
     if rollback and deployment.kind == "update":
         rolled = await session.execute(
@@ -610,7 +611,7 @@ async def wind_down(
                 updated_at=now,
             )
         )
-        out["rollback_requested"] = rolled.rowcount or 0  # type: ignore[attr-defined]
+        out["rollback_requested"] = rowcount(rolled)
     return out
 
 
@@ -635,7 +636,7 @@ async def retry_failed(session: AsyncSession, change: Change, deployment_id: str
             updated_at=now,
         )
     )
-    count: int = result.rowcount or 0  # type: ignore[attr-defined]
+    count: int = rowcount(result)
     deployment.acknowledged = {}
     deployment.next_tick_at = now
     deployment.updated_at = now

@@ -109,15 +109,14 @@ class Ingestor:
             _resolve(request)
 
     async def _transaction(self, batch: list[_Request]) -> None:
-        points = [p for request in batch for p in request.points]
-        await self.series.prepare(points)
+        await self.series.prepare(p for request in batch for p in request.points)
         async with self.db.write() as session:
             written = await self.series.write(
                 session, [(request.points, request.received_at) for request in batch]
             )
         self.stats.transactions += 1
         self.stats.requests += len(batch)
-        self.stats.points += len(points)
+        self.stats.points += written.points
         self.stats.new += written.new
 
     def _fail(self, request: _Request) -> None:

@@ -100,6 +100,11 @@ def dialect_of(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
+def rowcount(result: Any) -> int:
+    """The rows an UPDATE or DELETE touched (0 when the driver does not say)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def epoch_seconds(session: AsyncSession, column: Any) -> Any:
     """SQL for a UTCDateTime column as Unix seconds, on either database."""
     if dialect_of(session) == "postgresql":

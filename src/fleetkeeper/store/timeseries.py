@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.store import partitions
-from fleetkeeper.store.db import Database
+from fleetkeeper.store.db import Database, rowcount
 from fleetkeeper.store.models import TelemetryHour, TelemetryMinute, TelemetryPoint
 
 # (device_id, metric, ts as an aware UTC datetime, value)
@@ -235,7 +235,7 @@ class TimeSeries:
                 result = await session.execute(
                     delete(TelemetryPoint).where(TelemetryPoint.ts < raw_cutoff)
                 )
-                removed["telemetry"] = _count(result)
+                removed["telemetry"] = rowcount(result)
         else:
             # Whole days only: a partition goes when its last point is past retention.
             first_kept = (raw_cutoff - timedelta(days=1)).date() + timedelta(days=1)
@@ -246,7 +246,7 @@ class TimeSeries:
         for table, keep in ((TelemetryMinute, retention.minute), (TelemetryHour, retention.hour)):
             async with self.db.write() as session:
                 result = await session.execute(delete(table).where(table.bucket < now - keep))
-                removed[table.__tablename__] = _count(result)
+                removed[table.__tablename__] = rowcount(result)
         return removed
 
 
@@ -255,7 +255,3 @@ class Retention:
     raw: timedelta
     minute: timedelta
     hour: timedelta
-
-
-def _count(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -23,6 +23,7 @@ from fleetkeeper.services.devices import get_device
 from fleetkeeper.services.geo.fences import bbox_clause, lat_lon, location_point, update_presence
 from fleetkeeper.services.geo.geometry import BBox, Point, distance_m, parse_point
 from fleetkeeper.services.selection import QueryScope, compile_for, offline_after
+from fleetkeeper.store.db import rowcount
 from fleetkeeper.store.models import Device, DeviceModel, DevicePosition, MonitorEvent
 
 MIN_MOVE_M = 10.0
@@ -108,7 +109,7 @@ async def history(
 async def prune(session: AsyncSession, before: datetime) -> int:
     """Forget positions older than `before` (for a retention job); how many went."""
     result = await session.execute(delete(DevicePosition).where(DevicePosition.ts < before))
-    return int(getattr(result, "rowcount", 0) or 0)
+    return rowcount(result)
 
 
 # The fleet map
