@@ -192,7 +192,10 @@ def test_the_schema_shows_conditions_as_strings() -> None:
         ({"group_by": ["site", "site"]}, "twice"),
         ({"severity": "dire"}, "severity"),
         ({"flap_flips": 1}, "flap_flips"),
-        ({"remediation": "reboot"}, "Extra inputs"),
+        ({"remediation": "reboot"}, "remediation\n.*valid dictionary"),
+        ({"remediation": {"steps": []}}, "steps"),
+        ({"incident": {"min_devices": None}}, "give min_devices"),
+        ({"escalate": True}, "Extra inputs"),
     ],
 )
 def test_a_bad_rule_is_refused_naming_the_field(fields: dict[str, Any], match: str) -> None:

@@ -549,3 +549,204 @@ class DeploymentEvent(Base):
     kind: Mapped[str] = mapped_column(String(40))
     actor: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+# --- alerting (services/alerting/, docs/alerting.md) ----------------------------------------------
+
+
+class AlertChannel(Base):
+    """Where notifications go: a webhook, an e-mail address list, or a chat webhook."""
+
+    __tablename__ = "alert_channels"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # webhook, email, chat
+    url: Mapped[str] = mapped_column(String(2000))  # http(s):// or smtp://host:port
+    # The HMAC key webhooks are signed with: the signature needs it, so it cannot be hashed.
+    # It is never returned by the API (only whether one is set).
+    secret: Mapped[str | None] = mapped_column(String(200))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # to, rate limit
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_alert_channels_tenant_name"),)
+
+
+class AlertRuleRecord(Base):
+    """A rule as an operator wrote it (`definition`, an `AlertRule` as JSON)."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_alert_rules_tenant_name"),)
+
+
+class AlertRecord(Base):
+    """One episode of one rule's condition on one subject. While it is open (pending or
+    firing) `open_fingerprint` holds its fingerprint, unique: the same condition never opens
+    twice; resolved alerts keep NULL there (both databases allow many NULLs)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    rule_id: Mapped[str] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(String(100))
+    fingerprint: Mapped[str] = mapped_column(String(16), index=True)
+    open_fingerprint: Mapped[str | None] = mapped_column(String(16), unique=True)
+    device_id: Mapped[str | None] = mapped_column(BinaryString(36), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending, firing, resolved
+    severity: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    annotations: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    value: Mapped[float | None] = mapped_column(Float)
+    active_since: Mapped[datetime] = mapped_column(UTCDateTime())
+    fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200))
+    acknowledged_note: Mapped[str | None] = mapped_column(Text)
+    flapping: Mapped[bool] = mapped_column(Boolean, default=False)
+    flips: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    clear_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    incident_id: Mapped[str | None] = mapped_column(BinaryString(36), index=True)
+    # Muted: silence ids / inhibiting fingerprints as the dispatcher last saw them.
+    muted_by: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # An operator's ack or resolve, not yet taken in by the engine (it runs elsewhere).
+    operator_action: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_alerts_tenant_state", "tenant_id", "state", "active_since"),
+        Index("ix_alerts_rule_state", "rule_id", "state"),
+    )
+
+
+class AlertSilence(Base):
+    """A time-bounded mute by label matchers, with who set it and why."""
+
+    __tablename__ = "alert_silences"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    matchers: Mapped[list[Any]] = mapped_column(JSONType)  # ["site=oslo-3", ...]
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    author: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AlertInhibitRule(Base):
+    """While an alert matching `source` fires, alerts matching `target` with the same values
+    of the `equal` labels are muted."""
+
+    __tablename__ = "alert_inhibit_rules"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    source: Mapped[list[Any]] = mapped_column(JSONType)
+    target: Mapped[list[Any]] = mapped_column(JSONType)
+    equal: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_alert_inhibit_rules_tenant_name"),
+    )
+
+
+class AlertIncident(Base):
+    """Many devices firing one rule together (one notification group), as one event."""
+
+    __tablename__ = "alert_incidents"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    rule: Mapped[str] = mapped_column(String(100))
+    group_key: Mapped[str] = mapped_column(String(500))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    firing: Mapped[int] = mapped_column(Integer, default=0)
+    peak: Mapped[int] = mapped_column(Integer, default=0)
+    alerts: Mapped[int] = mapped_column(Integer, default=0)  # attached, ever
+    scope: Mapped[int | None] = mapped_column(Integer)  # devices in the rule's scope
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AlertNotification(Base):
+    """One notification to one channel, and its delivery: the notification log and the
+    dead-letter list (state `dead`, replayable)."""
+
+    __tablename__ = "alert_notifications"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    channel_id: Mapped[str | None] = mapped_column(
+        ForeignKey("alert_channels.id", ondelete="SET NULL"), index=True
+    )
+    group_key: Mapped[str] = mapped_column(String(500), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # group, incident, digest, test, escalation
+    title: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # The firing fingerprints it told of: a restarted engine resumes its groups from them.
+    notified: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    incident_id: Mapped[str | None] = mapped_column(BinaryString(36))
+    state: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed (retrying), dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_alert_notifications_due", "state", "next_attempt_at"),
+        Index("ix_alert_notifications_tenant_created", "tenant_id", "created_at"),
+    )
+
+
+class RemediationAction(Base):
+    """One automatic action a rule's remediation policy took on a device (or refused to take:
+    `skipped` with the reason, when the cooldown or the budget held it back)."""
+
+    __tablename__ = "remediation_actions"
+
+    id: Mapped[str] = mapped_column(BinaryString(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    rule_id: Mapped[str] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"))
+    alert_id: Mapped[str] = mapped_column(BinaryString(36), index=True)
+    device_id: Mapped[str] = mapped_column(BinaryString(36))
+    step: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(100))
+    args: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    command_id: Mapped[str | None] = mapped_column(BinaryString(36))
+    # sent, succeeded (the alert resolved), failed (it did not within the step's wait),
+    # skipped (cooldown, budget)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_remediation_actions_rule_at", "rule_id", "at"),
+        Index("ix_remediation_actions_device_rule", "device_id", "rule_id", "at"),
+    )

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -59,10 +59,13 @@ __all__ = [
     "ConditionError",
     "ConditionText",
     "HealthFlag",
+    "IncidentSettings",
     "Observation",
     "Offline",
     "RateOfChange",
     "Reading",
+    "Remediation",
+    "RemediationStep",
     "Threshold",
     "parse_condition",
 ]
@@ -449,6 +452,66 @@ def _channel_id(value: object) -> object:
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*$"
 _RESERVED_LABELS = frozenset({"rule", "severity"})
+_COMMAND = r"^[a-z][a-z0-9_.-]{0,99}$"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IncidentSettings(_Part):
+    """When many devices of one notification group fire together, they become one incident.
+
+    Either threshold will do: `min_devices` alerts, or `min_fraction` of the devices in the
+    rule's scope, started firing within `window`."""
+
+    min_devices: int | None = Field(default=50, ge=2)
+    min_fraction: float | None = Field(default=None, gt=0, le=1)
+    window: Annotated[Seconds, Field(gt=0)] = 300
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> IncidentSettings:
+        if self.min_devices is None and self.min_fraction is None:
+            raise ValueError("incident: give min_devices, min_fraction or both")
+        return self
+
+
+class RemediationStep(_Part):
+    """One rung of the escalation ladder: a command sent to the device, then a wait for the
+    alert to resolve before the next rung."""
+
+    action: str = Field(
+        pattern=_COMMAND,
+        description="the device command to send: restart_service, reboot, safe_mode, "
+        "recalibrate, disable_sensor, health_check, rollback, ...",
+    )
+    args: dict[str, Any] = Field(default_factory=dict)
+    wait: Annotated[Seconds, Field(gt=0)] = Field(
+        default=300, description="how long the alert may keep firing before the next step"
+    )
+
+
+class Remediation(_Part):
+    """Automatic failure recovery attached to a rule.
+
+    `on: firing` works through `steps` while the alert fires, holding its notification back
+    (the platform heals before anyone is paged); an alert still firing after the last step
+    escalates: it is notified, marked escalated and raised to critical. `on: resolved` sends the
+    first step once when the alert resolves (a device back from offline gets a health check).
+    `cooldown` keeps a device from being remediated by the same rule again too soon, and the
+    budget (`max_fraction` of the scope, at least `min_devices`, per `period`) is a circuit
+    breaker: past it, alerts are notified instead of remediated."""
+
+    on: Literal["firing", "resolved"] = "firing"
+    steps: list[RemediationStep] = Field(min_length=1, max_length=10)
+    cooldown: Seconds = 3600
+    max_fraction: float = Field(default=0.05, gt=0, le=1)
+    min_devices: int = Field(default=1, ge=0)
+    period: Annotated[Seconds, Field(gt=0)] = 3600
+
+    def budget(self, scope: int) -> int:
+        """Devices the policy may remediate per period in a scope of `scope` devices."""
+        return max(self.min_devices, math.floor(self.max_fraction * scope))
 
 
 class AlertRule(BaseModel):
@@ -478,6 +541,11 @@ class AlertRule(BaseModel):
     flap_settle: Seconds = Field(
         default=900, description="how long a flapping alert's clear must hold to resolve"
     )
+    incident: IncidentSettings | None = Field(
+        default_factory=IncidentSettings,
+        description="many devices of one group firing together become one incident; null: never",
+    )
+    remediation: Remediation | None = None
 
     @field_validator("labels")
     @classmethod
