@@ -6,8 +6,10 @@ the same work; checkin, beside a bare endpoint of the same server; longpoll, mem
 with 10,000 devices beside the same simulator with one; rollout, a four-phase rollout to
 10,000 emulated devices beside the policy's own pacing replayed through the planner; telemetry,
 points/s ingested over HTTP beside the bare driver inserting the same rows, and a 30-day chart
-query (telemetry-chart). Each is reported as a ratio; results go to bench/results/*.json and
-the table in docs/performance.md.
+query (telemetry-chart); alerting, 20 rules judged over 100,000 devices while telemetry is
+ingested at full rate: detection lag beside the evaluation interval, round time, and ingestion
+with the engine beside ingestion alone. Each is reported as a ratio; results go to
+bench/results/*.json and the table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from bench import device, inventory, rollout, sim, telemetry
+from bench import alerting, device, inventory, rollout, sim, telemetry
 from bench.databases import DEFAULT_PG
 from bench.harness import Result, save
 from bench.report import update_doc
@@ -29,6 +31,7 @@ SCENARIOS = (
     "longpoll",
     "rollout",
     "telemetry",
+    "alerting",
     "simulator",
 )
 
@@ -96,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=3 if args.quick else 8,
                 limit_rows=30_000 if args.quick else 100_000,
                 chart_metrics=1 if args.quick else len(telemetry.METRICS),
+            )
+        if "alerting" in chosen:
+            results += alerting.alerting(
+                kind,
+                5_000 if args.quick else 100_000,
+                args.pg_url,
+                rounds=2 if args.quick else 4,
+                seconds=10 if args.quick else 15,
+                alone=10 if args.quick else 15,
             )
     if "simulator" in chosen:  # no database: the simulator runs against a stand-in server
         results += sim.simulator(

@@ -127,6 +127,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         admin_token=ADMIN_TOKEN,
         scheduler_interval_seconds=0,
         monitor_interval_seconds=0,  # and so is the health watch (HealthWatch.tick())
+        alert_interval_seconds=0,  # and the alerting engine and deliverer (tick() them)
     )
 
 

@@ -287,3 +287,14 @@ def test_a_rate_without_enough_span_is_unknown() -> None:
     assert condition.holds(series("battery", [(3500, 80)], now=3600)) is None
     assert condition.holds(series("battery", [(3000, 90), (3600, 80)], now=3600)) is None
     assert condition.holds(series("battery", [(1800, 90), (3600, 80)], now=3600)) is True
+
+
+def test_update_failed_condition() -> None:
+    condition = parse_condition("update failed for 5m")
+    assert str(condition) == "update failed for 5m"
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    assert condition.holds(Observation(at=at, update="rolled_back")) is True
+    assert condition.holds(Observation(at=at, update="succeeded")) is False
+    assert condition.holds(Observation(at=at)) is None
+    with pytest.raises(ConditionError, match="'failed' after update"):
+        parse_condition("update done")

@@ -79,6 +79,18 @@ class Settings(BaseSettings):
         description="How often the health watch is asked whether a round is due (it judges "
         "each device about once a minute, within a CPU budget); 0 turns it off in this process.",
     )
+    alert_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How often the alerting engine and the notification deliverer are asked "
+        "for work; 0 turns both off in this process (another replica, or a test, drives them).",
+    )
+    alert_evaluation_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each alert rule is judged over its scope (rate rules: at most "
+        "once a minute). Pending durations and notification timers are kept to the second.",
+    )
     telemetry_raw_retention_days: int = Field(
         default=30,
         ge=1,

@@ -22,6 +22,7 @@ from fleetkeeper import __version__
 from fleetkeeper.api import problems
 from fleetkeeper.api.middleware import BodyLimit, RequestContext
 from fleetkeeper.api.routes import (
+    alerting,
     artifacts,
     audit,
     deployments,
@@ -105,6 +106,30 @@ async def _monitor(state: AppState, every: float) -> None:
             log.exception("health watch round failed; will retry")
 
 
+async def _alerting(state: AppState, every: float) -> None:
+    """Alert rules judged and notifications queued (on one replica at a time), then the
+    queued notifications delivered."""
+    held = False
+    while True:
+        await asyncio.sleep(every)
+        try:
+            async with state.db.exclusive("alerting") as mine:
+                if mine:
+                    await state.alert_engine.tick()
+                elif held:
+                    state.alert_engine.reset()  # another replica took over: reload if back
+                held = mine
+        except Exception:  # alerts stay as stored; the next round reloads what it needs
+            log.exception("alerting round failed; will retry")
+            state.alert_engine.reset()
+        try:
+            for _ in range(20):  # a backlog: whole batches back to back, within reason
+                if not (await state.deliverer.tick()).more:
+                    break
+        except Exception:  # undelivered notifications stay queued
+            log.exception("notification delivery failed; will retry")
+
+
 class _LabelledRoute(Route):
     """A plain Starlette route that names itself in the scope, as FastAPI's routes do: the
     request metrics label requests by it (FastAPI's router sets it only for its own)."""
@@ -173,6 +198,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         if settings.scheduler_interval_seconds > 0:
             every = settings.scheduler_interval_seconds
             tasks.append(asyncio.create_task(_schedule(state, every), name="scheduler"))
+        if settings.alert_interval_seconds > 0:
+            every = settings.alert_interval_seconds
+            tasks.append(asyncio.create_task(_alerting(state, every), name="alerting"))
         if settings.monitor_interval_seconds > 0:
             every = settings.monitor_interval_seconds
             tasks.append(asyncio.create_task(_monitor(state, every), name="health-watch"))
@@ -185,6 +213,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.ingestor.close()
+            await state.deliverer.aclose()
             await state.presence.flush(db)
             await db.dispose()
 
@@ -218,6 +247,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         artifacts.router,
         device_artifacts.router,
         geo.router,
+        alerting.router,
     ):
         app.include_router(router)
     # The device API's hottest route, served without FastAPI's per-request machinery; the

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from fleetkeeper.clock import Clock
+from fleetkeeper.services.alerting.delivery import Deliverer
+from fleetkeeper.services.alerting.engine import AlertEngine
 from fleetkeeper.services.device_cache import DeviceCache
 from fleetkeeper.services.identity import ServerKeys
 from fleetkeeper.services.ingest import Ingestor, Upkeep
@@ -41,6 +43,8 @@ class AppState:
     ingestor: Ingestor = field(init=False)
     telemetry_upkeep: Upkeep = field(init=False)
     health_watch: HealthWatch = field(init=False)
+    alert_engine: AlertEngine = field(init=False)
+    deliverer: Deliverer = field(init=False)
     scheduler_kicked: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -54,6 +58,13 @@ class AppState:
         self.ingestor = Ingestor(self.db)
         self.telemetry_upkeep = Upkeep(self.ingestor.series, self.retention)
         self.health_watch = HealthWatch(self.db, self.clock, online_window=self.online_window)
+        self.alert_engine = AlertEngine(
+            self.db,
+            self.clock,
+            online_window=self.online_window,
+            every=self.settings.alert_evaluation_seconds,
+        )
+        self.deliverer = Deliverer(self.db, self.clock)
 
     def _wake(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:

@@ -12,6 +12,7 @@ import typer
 from fleetkeeper import __version__
 from fleetkeeper.cli import (
     agent,
+    alerts,
     artifacts,
     audit,
     demo,
@@ -84,6 +85,7 @@ app.add_typer(provisioning.security, name="security")
 app.command("agent")(agent.agent)
 app.command("telemetry")(telemetry.telemetry)
 app.add_typer(health.app, name="health")
+app.add_typer(alerts.app, name="alerts")
 geo.register(app)
 app.command("simulate")(simulate.simulate)
 app.command("demo")(demo.demo)

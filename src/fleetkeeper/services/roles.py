@@ -5,7 +5,14 @@ from __future__ import annotations
 from fleetkeeper.errors import Invalid
 
 READ = frozenset(
-    {"devices:read", "models:read", "groups:read", "artifacts:read", "deployments:read"}
+    {
+        "devices:read",
+        "models:read",
+        "groups:read",
+        "artifacts:read",
+        "deployments:read",
+        "alerts:read",
+    }
 )
 OPERATE = frozenset(
     {
@@ -17,6 +24,8 @@ OPERATE = frozenset(
         "commands:write",
         "deployments:write",
         "geofences:write",
+        "alerts:write",  # acknowledge and resolve alerts, silences, replay notifications
+        "alerts:configure",  # alert rules, channels, inhibit rules
     }
 )
 # Who may put new firmware into the fleet's reach (restricted change management). Operators

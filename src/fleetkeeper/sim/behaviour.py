@@ -6,8 +6,9 @@ update's firmware is on record when its command succeeds), send what the outbox 
 (command answers, job reports), check in and run the commands and jobs it hands out, send
 telemetry. A fault that is active changes what happens:
 the device is gone (`disappear`), without power (`site_outage`), loses messages (`flaky`),
-reports broken values (`sensor_*`), floods the server (`flood`) or behaves like an intruder
-(`compromised`). Faults only act on enrolled devices.
+reports broken values (`sensor_*`), floods the server (`flood`), behaves like an intruder
+(`compromised`) or crashes again and again (`crash_loop`). Faults only act on enrolled
+devices; a command may heal some of them (`sim.remedies`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetkeeper.protocol.client import MAX_POINTS, DeviceClient
 from fleetkeeper.protocol.errors import AlreadyEnrolled, AuthenticationFailed, ProtocolError
 from fleetkeeper.protocol.messages import Command, Location, Point
-from fleetkeeper.sim import commands, firmware, jobs, outbox
+from fleetkeeper.sim import commands, firmware, jobs, outbox, remedies
 from fleetkeeper.sim.catalogue import firmware_hash
 from fleetkeeper.sim.device import MAX_BUFFER, NEVER, Deferred, SimDevice, Status, World
 from fleetkeeper.sim.physics import advance, faulty_temperature, in_dead_zone, position, readings
@@ -62,6 +63,8 @@ async def _act(dev: SimDevice, world: World, now: float) -> None:
     active = dev.status is Status.ACTIVE
     if active and now >= dev.next_inventory:
         await report_inventory(dev, world, now)
+    if dev.later:
+        dev.release_answers(now)
     if dev.outbox:
         await outbox.send(dev, world)
     if now >= dev.next_checkin:
@@ -159,15 +162,18 @@ def inventory(dev: SimDevice, now: float) -> dict[str, Any]:
     lat, lon = position(dev.physics, dev.site)
     if not dev.model.mobile:
         lat, lon = round(lat, 4), round(lon, 4)  # a fixed unit reports where it is mounted
+    attributes: dict[str, Any] = {
+        "site": dev.site.name,
+        "firmware_hash": running_hash,
+        "boot_slot": dev.firmware.active,
+        "open_ports": ports,
+    }
+    if dev.safe_mode:
+        attributes["safe_mode"] = True
     return {
         "firmware_version": dev.firmware.version,
         "hardware_revision": dev.hardware_revision,
-        "attributes": {
-            "site": dev.site.name,
-            "firmware_hash": running_hash,
-            "boot_slot": dev.firmware.active,
-            "open_ports": ports,
-        },
+        "attributes": attributes,
         "location": Location(lat, lon, accuracy=5.0 if dev.model.mobile else 10.0),
     }
 
@@ -211,7 +217,7 @@ def sample(dev: SimDevice, world: World, now: float) -> list[Point]:
             )
         if dev.active("compromised", now) and rng.random() < 0.3:
             values["net_tx_kbps"] = round(values["net_tx_kbps"] * rng.uniform(20, 80), 2)
-    values["uptime"] = round(max(0.0, now - dev.booted_at), 1)  # reboots show as a reset
+    remedies.own_metrics(dev, world, now, values)  # uptime, crashes, safe mode; disabled ones
     return [Point(metric, value, wall) for metric, value in values.items()]
 
 

@@ -7,11 +7,17 @@
   or failed with `checksum_mismatch`, `install_failed` or `health_check_failed` (then
   `rolled_back: true` and the old firmware still runs).
 - `reboot`: off for `reboot_seconds`, answers after it is back up.
+- the remedies of `sim.remedies`, which heal the faults a command can heal:
+  `restart_service` (answers after a second), `safe_mode` (reboots into safe mode, answers
+  once back up), `recalibrate` (`metric`, by default the temperature sensor), `disable_sensor`
+  (`metric`) and `health_check` (a small report, at once). `reboot`, `restart_service` and
+  `safe_mode` are the rungs of a crash loop's ladder: the fault's `heals_with` says which
+  suffices.
 - anything else: failed with `{"error": "unknown_command"}`.
 
 Answers wait in the device's outbox until the server takes them (`sim.outbox`), so a flaky
 link delays an answer but never loses it. A device that is busy (updating, rebooting, or
-working on a deployment's job) refuses `update` and `reboot`.
+working on a deployment's job) refuses `update`, `reboot`, `restart_service` and `safe_mode`.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleetkeeper.protocol.messages import Command
-from fleetkeeper.sim import firmware
+from fleetkeeper.sim import firmware, remedies
 from fleetkeeper.sim.catalogue import image_sha256
 from fleetkeeper.sim.device import SimDevice, World
 
@@ -39,7 +45,10 @@ def run(dev: SimDevice, world: World, cmd: Command, now: float) -> None:
             dev.reply(cmd.id, "failed", {"error": "busy"})
             return
         dev.reboot_command = cmd.id
+        remedies.rebooting(dev, world, now)
         dev.power_cycle(now, world.scenario.reboot_seconds)
+    elif cmd.name in remedies.COMMANDS:
+        remedies.run(dev, world, cmd, now)
     else:
         dev.reply(cmd.id, "failed", {"error": "unknown_command", "name": cmd.name})
 
@@ -47,8 +56,10 @@ def run(dev: SimDevice, world: World, cmd: Command, now: float) -> None:
 def diagnostics(dev: SimDevice, world: World, now: float) -> dict[str, Any]:
     ph = dev.physics
     return {
-        "uptime": round(now - dev.booted_at, 1),
+        "uptime": round(remedies.uptime(dev, world, now), 1),
         "boot_count": dev.boot_count,
+        "agent_restarts": remedies.crashes(dev, world, now),
+        "safe_mode": dev.safe_mode,
         "firmware_version": dev.firmware.version,
         "slots": {"a": dev.firmware.a, "b": dev.firmware.b, "active": dev.firmware.active},
         "update": dev.update.phase.value if dev.update else None,
@@ -83,8 +94,12 @@ def begin_update(
 
 
 def finish_reboot(dev: SimDevice) -> None:
+    """Back up after a reboot (or a `safe_mode`) it was asked for: answer it."""
     if dev.reboot_command is not None:
-        dev.reply(dev.reboot_command, "succeeded", {"rebooted": True, "boot_count": dev.boot_count})
+        result: dict[str, Any] = {"rebooted": True, "boot_count": dev.boot_count}
+        if dev.safe_mode:
+            result["safe_mode"] = True
+        dev.reply(dev.reboot_command, "succeeded", result)
         dev.reboot_command = None
 
 

@@ -156,6 +156,10 @@ class SimDevice:
     booted_at: float = 0.0
     reported: int | None = None  # hash of the last inventory the server took
     stuck_value: float | None = None
+    healed: dict[str, float] | None = None  # fault kind → when a command cured it
+    safe_mode: bool = False  # booted into safe mode on request (`sim.remedies`); for good
+    disabled: frozenset[str] = frozenset()  # metrics it was told to stop reporting
+    later: list[tuple[float, Answer]] | None = None  # answers not ready yet, soonest first
 
     # --- faults -----------------------------------------------------------------------
 
@@ -163,15 +167,21 @@ class SimDevice:
         return self.faults is not None and kind in self.faults
 
     def active(self, kind: str, now: float) -> bool:
+        """The fault acts now: within its window, and not cured by a command."""
         if self.faults is None:
             return False
         window = self.faults.get(kind)
-        return window is not None and window[0] <= now < window[1]
+        return window is not None and window[0] <= now < window[1] and not self.cured(kind, now)
 
     def active_faults(self, now: float) -> frozenset[str]:
         if self.faults is None:
             return frozenset()
-        return frozenset(k for k, (a, b) in self.faults.items() if a <= now < b)
+        return frozenset(
+            k for k, (a, b) in self.faults.items() if a <= now < b and not self.cured(k, now)
+        )
+
+    def cured(self, kind: str, now: float) -> bool:
+        return self.healed is not None and self.healed.get(kind, NEVER) <= now
 
     def next_fault_change(self, now: float) -> float:
         if self.faults is None:
@@ -212,6 +222,20 @@ class SimDevice:
             self.outbox = []
         self.outbox.append((command_id, state, result))
 
+    def reply_at(self, when: float, command_id: str, state: str, result: Any) -> None:
+        """Answer a command once it is done, at `when` (the device ticks then)."""
+        later = self.later if self.later is not None else []
+        later.append((when, (command_id, state, result)))
+        later.sort(key=lambda item: item[0])
+        self.later = later
+
+    def release_answers(self, now: float) -> None:
+        """Answers whose time has come go to the outbox."""
+        while self.later and self.later[0][0] <= now:
+            self.reply(*self.later.pop(0)[1])
+        if not self.later:
+            self.later = None
+
     def report(
         self,
         job_id: str,
@@ -236,10 +260,11 @@ class SimDevice:
     def next_due(self, now: float) -> float | None:
         if self.status is Status.STOPPED:
             return None
+        answer = self.later[0][0] if self.later else NEVER
         if self.status is Status.NEW:
             due = self.next_checkin
         elif self.status is not Status.ACTIVE:
-            due = self.next_checkin if not self.outbox else now
+            due = min(self.next_checkin if not self.outbox else now, answer)
         else:
             due = min(
                 self.next_checkin,
@@ -248,6 +273,7 @@ class SimDevice:
                 self.next_attack,
                 self.next_flood,
                 self.update_due,
+                answer,
                 now if (self.outbox or self.inbox) else NEVER,
             )
         due = min(due, self.next_fault_change(now))

@@ -7,8 +7,9 @@ docs/ota.md ("Device side") is the contract; in short:
   downloaded (unless it carries `update_download_corrupt`).
 - `rollback`: boot the other slot when it holds `rollback_to`, report `rolled_back` once
   back up; `failed` with `rollback_unavailable` when it does not.
-- `command`: `reboot` (off for `reboot_seconds`, `succeeded` once back), `ping`,
-  `get_diagnostics`; any other name fails with `command_failed`.
+- `command`: `reboot` (off for `reboot_seconds`, `succeeded` once back; it is the `reboot`
+  rung of a crash loop, as the command is), `ping`, `get_diagnostics`; any other name fails
+  with `command_failed`.
 
 A job is recognised by its id, attempt and kind: a job seen before is not started again (the
 server repeats a job until the device reports on it), a new attempt of it is a retry and
@@ -28,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from fleetkeeper.protocol.messages import Job, JobAnswer
-from fleetkeeper.sim import commands, firmware
+from fleetkeeper.sim import commands, firmware, remedies
 from fleetkeeper.sim.device import FINAL_REPORTS, ActiveJob, Report, SimDevice, World
 from fleetkeeper.sim.update import UpdateError, switch_back
 
@@ -149,6 +150,7 @@ def _command(dev: SimDevice, world: World, job: Job, now: float) -> None:
     name = job.command.name if job.command is not None else ""
     if name == "reboot":
         dev.job = ActiveJob(job.id, "command")
+        remedies.rebooting(dev, world, now)
         dev.power_cycle(now, world.scenario.reboot_seconds)
     elif name == "ping":
         dev.report(

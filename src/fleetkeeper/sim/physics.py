@@ -240,6 +240,14 @@ def rssi(ph: Physics, rng: random.Random) -> float:
     return round(_clamp(level + rng.gauss(0, 2.5) + fade, -125.0, -30.0), 1)
 
 
+SENSORS = ("battery", "rssi", "storage_used", "temperature", "cpu_load", "net_tx_kbps")
+
+
+def metric_names(model: ModelSpec) -> tuple[str, ...]:
+    """The metrics `readings` gives for a unit of the model."""
+    return (*SENSORS, "speed") if model.mobile else SENSORS
+
+
 def readings(
     ph: Physics, rng: random.Random, model: ModelSpec, site: Site, fleet_ts: float
 ) -> dict[str, float]:

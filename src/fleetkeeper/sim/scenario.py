@@ -13,7 +13,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -39,9 +39,15 @@ FAULT_KINDS: tuple[str, ...] = (
     "flood",
     "compromised",
     "site_outage",
+    "crash_loop",
 )
 UPDATE_FAULTS = frozenset({"update_download_corrupt", "update_install_fail", "update_health_fail"})
 SENSOR_FAULTS = frozenset({"sensor_stuck", "sensor_out_of_range", "sensor_noisy"})
+# Faults a command can cure (`sim.remedies`): the summary lists the devices healed of each.
+HEALABLE_FAULTS = frozenset({"crash_loop", "sensor_stuck", "sensor_noisy"})
+# The escalation ladder of a crash loop, lowest rung first.
+Rung = Literal["restart_service", "reboot", "safe_mode"]
+RUNGS: tuple[Rung, ...] = ("restart_service", "reboot", "safe_mode")
 
 
 class ScenarioError(ValueError):
@@ -63,7 +69,16 @@ class FaultSpec(_Strict):
     loss: float = Field(default=0.5, ge=0, le=1, description="flaky: share of messages lost")
     messages_per_second: float = Field(default=50.0, gt=0, le=1000, description="flood")
     burst: int = Field(default=5, ge=1, le=100, description="compromised: failed logins a burst")
-    every: float = Field(default=30.0, gt=0, description="compromised: seconds between bursts")
+    every: float = Field(
+        default=30.0,
+        gt=0,
+        description="compromised: seconds between bursts; crash_loop: seconds between crashes",
+    )
+    heals_with: Rung = Field(
+        default="restart_service",
+        description="crash_loop: the lowest command that cures it "
+        "(restart_service < reboot < safe_mode)",
+    )
 
 
 class SiteSpec(_Strict):

@@ -2,7 +2,7 @@
 
 The summary says what really happened, so tests and benchmarks can hold it against what the
 server recorded: which devices enrolled, how many messages went out, how updates ended, and
-which devices each fault hit.
+which devices each fault hit and which a command healed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetkeeper.sim.scenario import FAULT_KINDS
+from fleetkeeper.sim.scenario import FAULT_KINDS, HEALABLE_FAULTS
 
 
 @dataclass(slots=True)
@@ -62,6 +62,10 @@ class Stats:
     auth_failures: int = 0  # failed authentications a compromised device attempted
     stopped: Counter[str] = field(default_factory=Counter)  # why devices stopped for good
     faults: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in FAULT_KINDS})
+    # Devices a command cured, by fault kind (`sim.remedies`).
+    healed: dict[str, set[str]] = field(
+        default_factory=lambda: {k: set() for k in sorted(HEALABLE_FAULTS)}
+    )
     lag: Lag = field(default_factory=Lag)
     recent: Lag = field(default_factory=Lag)  # since the last progress report
     first_error: str | None = None
@@ -114,6 +118,7 @@ class Stats:
             "auth_failures": self.auth_failures,
             "stopped": dict(sorted(self.stopped.items())),
             "faults": {k: sorted(v) for k, v in sorted(self.faults.items())},
+            "healed": {k: sorted(v) for k, v in sorted(self.healed.items())},
             "schedule": self.lag.summary(),
             **extra,
         }

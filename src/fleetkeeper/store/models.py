@@ -628,7 +628,8 @@ class AlertRecord(Base):
     muted_by: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # An operator's ack or resolve, not yet taken in by the engine (it runs elsewhere).
     operator_action: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The engine looks for operators' actions among the rows changed lately.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
     __table_args__ = (
         Index("ix_alerts_tenant_state", "tenant_id", "state", "active_since"),

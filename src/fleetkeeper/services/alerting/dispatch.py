@@ -161,6 +161,52 @@ class Dispatcher:
         self._silences = tuple(silences)
         self._refresh(now)
 
+    def set_inhibit_rules(self, rules: Iterable[InhibitRule], now: datetime) -> None:
+        self._inhibit_rules = tuple(rules)
+        self._inhibited = inhibitions(self._inhibit_rules, self._firing_labels())
+        self._refresh(now)
+
+    def set_routes(self, routes: Mapping[str, Route]) -> None:
+        """New routes for the rules' future groups (and their groups' timers from now on)."""
+        self._routes = dict(routes)
+        for group in self._groups.values():
+            group.route = self._route(group.key.rule)
+
+    def set_rate_limits(self, limits: Mapping[str, RateLimit]) -> None:
+        self._limiter.set_limits(limits)
+
+    def restore(
+        self,
+        alerts: Iterable[Alert],
+        now: datetime,
+        *,
+        sent: Mapping[str, tuple[datetime, frozenset[str]]],
+    ) -> None:
+        """Take in the firing alerts of a restarted engine. `sent` gives, per group
+        (`str(GroupKey)`), when its last notification went out and the fingerprints it told of
+        as firing: such a group resumes its timers from then, so a restart neither repeats
+        nor forgets; alerts it did not tell of are new changes."""
+        firing = [alert for alert in alerts if alert.state is AlertState.FIRING]
+        for alert in firing:
+            self._upsert(alert, now)
+        for group in self._groups.values():
+            last = sent.get(str(group.key))
+            if last is None:
+                continue
+            at, notified = last
+            group.flushed, group.anchor, group.last_sent = True, at, at
+            group.created_at = min(group.created_at, at)
+            group.notified = frozenset(notified) & frozenset(group.alerts)
+        self._inhibited = inhibitions(self._inhibit_rules, self._firing_labels())
+        self._refresh(now)
+
+    def drop(self, fingerprints: Iterable[str]) -> None:
+        """Forget alerts without notifying (their rule was deleted)."""
+        for fp in fingerprints:
+            key = self._where.get(fp)
+            if key is not None and key in self._groups:
+                self._forget(self._groups[key], fp)
+
     # --- outputs -----------------------------------------------------------------------------
 
     def due(self, now: datetime) -> list[Notification]:
@@ -210,6 +256,11 @@ class Dispatcher:
                     incident=incident if group.incident and fp in group.incident.alerts else None,
                 )
         return statuses
+
+    def notified(self, key: GroupKey) -> frozenset[str]:
+        """The firing fingerprints the group's last notification told of."""
+        group = self._groups.get(key)
+        return group.notified if group is not None else frozenset()
 
     @property
     def incidents(self) -> list[Incident]:

@@ -50,6 +50,17 @@ class Limiter(Generic[T]):
         self._default = default
         self._channels: dict[str, _Channel[T]] = {}
 
+    def set_limits(self, limits: Mapping[str, RateLimit]) -> None:
+        """New limits; a channel's sliding window and held items carry over."""
+        self._limits = dict(limits)
+        for name in list(self._channels):
+            limit = self._limits.get(name, self._default)
+            if limit is None:
+                if not self._channels[name].held:
+                    del self._channels[name]
+            else:
+                self._channels[name].limit = limit
+
     def offer(self, channel: str, item: T, now: datetime) -> bool:
         """True: send `item` now (and it is counted). False: it is held for a digest."""
         state = self._channel(channel)

@@ -9,6 +9,8 @@ they go. Conditions are small sentences, one of:
 - `offline for DURATION`: nothing heard from the device for that long (from `last_seen`).
 - `health = FLAG [for DURATION]`: the device carries a health flag of the monitoring watch
   (`faulty_sensor`, `flood`, `silent`, `outage`, `battery_degraded`, `storage_filling`).
+- `update failed [for DURATION]`: the device's latest finished update (a deployment's
+  execution) failed, timed out or was rolled back; it clears once an update succeeds.
 - `rate(METRIC) OP NUMBER per DURATION [over DURATION] [for DURATION]`: the change of a metric
   per unit of time, measured from the earliest to the latest reading within the `over` window
   (by default as long as `per`): `rate(storage_used) > 5 per 1h`, `rate(battery) < -10 per 1h
@@ -67,6 +69,7 @@ __all__ = [
     "Remediation",
     "RemediationStep",
     "Threshold",
+    "UpdateFailed",
     "parse_condition",
 ]
 
@@ -111,6 +114,7 @@ class Observation:
     last_seen: datetime | None = None
     online: bool | None = None
     flags: frozenset[str] | None = None
+    update: str | None = None  # the state of the device's latest finished update, if any
 
     def latest(self, metric: str) -> Reading | None:
         readings = self.metrics.get(metric)
@@ -233,7 +237,29 @@ class RateOfChange:
         )
 
 
-Condition = Threshold | Offline | HealthFlag | RateOfChange
+UPDATE_FAILURES = frozenset({"failed", "timed_out", "rolled_back"})
+
+
+@dataclass(frozen=True)
+class UpdateFailed:
+    """`update failed`: the latest finished update of the device did not succeed."""
+
+    hold: float = 0.0
+
+    def measure(self, observation: Observation) -> float | None:
+        if observation.update is None:
+            return None  # never updated: nothing to judge
+        return 1.0 if observation.update in UPDATE_FAILURES else 0.0
+
+    def holds(self, observation: Observation) -> bool | None:
+        measured = self.measure(observation)
+        return None if measured is None else measured == 1.0
+
+    def __str__(self) -> str:
+        return f"update failed{_pending(self.hold)}"
+
+
+Condition = Threshold | Offline | HealthFlag | RateOfChange | UpdateFailed
 
 
 # --- the grammar ---------------------------------------------------------------------------------
@@ -260,7 +286,8 @@ _TOKEN = re.compile(
     r"|(?P<punct>[()]))"
 )
 _FORMS = (
-    "METRIC OP NUMBER [for DURATION], offline for DURATION, health = FLAG [for DURATION] "
+    "METRIC OP NUMBER [for DURATION], offline for DURATION, health = FLAG [for DURATION], "
+    "update failed [for DURATION] "
     "or rate(METRIC) OP NUMBER per DURATION [over DURATION] [for DURATION]"
 )
 
@@ -375,6 +402,10 @@ class _Parser:
                 known = ", ".join(sorted(HEALTH_FLAGS))
                 raise self.error(f"unknown health flag {flag.text!r}", flag, f"one of {known}")
             condition = HealthFlag(flag.text, self.hold())
+        elif word == "update" and following.kind == "name":
+            self.take()
+            self.expect("name", "'failed' after update", "failed")
+            condition = UpdateFailed(self.hold())
         elif word == "rate" and following.text == "(":
             condition = self.rate()
         else:
@@ -428,7 +459,7 @@ def _overlap(condition: Threshold, clear: Threshold) -> float | None:
 
 def _condition_value(value: Any, info: ValidationInfo) -> Condition:
     name = info.field_name or "condition"
-    if isinstance(value, Threshold | Offline | HealthFlag | RateOfChange):
+    if isinstance(value, Threshold | Offline | HealthFlag | RateOfChange | UpdateFailed):
         return value
     if not isinstance(value, str):
         raise ValueError(f"{name}: a condition is a string, such as 'battery < 15 for 10m'")

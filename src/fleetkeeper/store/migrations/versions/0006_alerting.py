@@ -308,6 +308,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_alerts_device_id"), ["device_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_alerts_fingerprint"), ["fingerprint"], unique=False)
         batch_op.create_index(batch_op.f("ix_alerts_incident_id"), ["incident_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_alerts_updated_at"), ["updated_at"], unique=False)
         batch_op.create_index("ix_alerts_rule_state", ["rule_id", "state"], unique=False)
         batch_op.create_index(
             "ix_alerts_tenant_state", ["tenant_id", "state", "active_since"], unique=False
@@ -386,6 +387,7 @@ def downgrade() -> None:
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_index("ix_alerts_tenant_state")
         batch_op.drop_index("ix_alerts_rule_state")
+        batch_op.drop_index(batch_op.f("ix_alerts_updated_at"))
         batch_op.drop_index(batch_op.f("ix_alerts_incident_id"))
         batch_op.drop_index(batch_op.f("ix_alerts_fingerprint"))
         batch_op.drop_index(batch_op.f("ix_alerts_device_id"))
