@@ -13,7 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
 
 from alertfleet import Fleet
@@ -249,3 +251,59 @@ async def test_the_circuit_breaker_stops_a_remediation_storm_and_pages_instead(
     assert 1 <= len(bodies) <= 2
     assert sum(body["counts"]["firing"] for body in bodies[:1]) == 250
     assert responder.healed_by["restart_service"] == 50
+
+
+async def test_through_the_api_a_device_reading_reaches_the_webhook(
+    app: FastAPI, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    """The whole path: channel and rule made through the API, a reading sent through the
+    device API, the server's own engine and deliverer, a signed webhook, an acknowledgement."""
+    from devicekit import Device as DeviceClient
+    from devicekit import provisioning_token
+
+    state = app.state.fleetkeeper
+    await client.post("/api/v1/models", json={"name": "thermo-v2"})
+    token = await provisioning_token(client, auto_accept=True)
+    unit = DeviceClient(client, "SN-API-1", "thermo-v2")
+    assert (await unit.enroll(token, attributes={"site": "oslo-3"})).status_code == 201
+    assert (await unit.login()).status_code == 200
+    async with WebhookReceiver() as hook:
+        r = await client.post(
+            "/api/v1/channels",
+            json={"name": "ops", "kind": "webhook", "url": hook.url, "secret": "k3y"},
+        )
+        assert r.status_code == 201, r.text
+        r = await client.post(
+            "/api/v1/alert-rules",
+            json={
+                "name": "battery_low",
+                "scope": "model = thermo-v2",
+                "condition": "battery < 15",
+                "clear": "battery > 20",
+                "group_by": ["rule", "site"],
+                "group_wait": "30s",
+                "channels": [r.json()["id"]],
+            },
+        )
+        assert r.status_code == 201, r.text
+        now = clock.now().timestamp()
+        r = await unit.call(
+            "POST", "/telemetry", json={"points": [{"metric": "battery", "value": 9, "ts": now}]}
+        )
+        assert r.status_code == 200, r.text
+        for _ in range(10):
+            clock.advance(5)
+            await state.alert_engine.tick()
+            await state.deliverer.tick()
+        [request] = hook.requests
+        body = request.json
+        assert body["group"]["labels"] == {"site": "oslo-3"}
+        assert body["alerts"][0]["serial"] == "SN-API-1" and body["alerts"][0]["value"] == 9
+        r = await client.get("/api/v1/alerts", params={"state": "firing"})
+        [alert] = r.json()["items"]
+        r = await client.post(f"/api/v1/alerts/{alert['id']}/ack", json={"note": "on it"})
+        assert r.status_code == 200, r.text
+        clock.advance(5)
+        await state.alert_engine.tick()
+        r = await client.get(f"/api/v1/alerts/{alert['id']}")
+        assert r.json()["acknowledged"] is True and r.json()["state"] == "firing"
