@@ -482,7 +482,9 @@ async def test_on_resolved_sends_one_health_check_when_the_alert_resolves(
     assert len(await bench.commands()) == 1
 
 
-async def test_an_on_resolved_action_ends_with_its_command(db: Database, clock: FakeClock) -> None:
+async def test_an_on_resolved_action_ends_as_its_command_did(
+    db: Database, clock: FakeClock
+) -> None:
     bench = await make_bench(
         db, clock, on="resolved", steps=[{"action": "health_check", "wait": 120}]
     )
@@ -495,12 +497,25 @@ async def test_an_on_resolved_action_ends_with_its_command(db: Database, clock: 
             .where(Command.id == cmd.id)
             .values(state="succeeded", result={"healthy": True})
         )
-    assert await bench.advance(119) == []
-    assert await bench.ladder() == [(1, "health_check", "sent")]
-    assert await bench.advance(1) == []  # never escalates
+    assert await bench.advance(10) == []  # never escalates
     (action,) = await bench.actions()
     assert action.state == "succeeded"
     assert action.detail["command_state"] == "succeeded"
+
+
+async def test_an_on_resolved_action_whose_command_expires_failed(
+    db: Database, clock: FakeClock
+) -> None:
+    bench = await make_bench(
+        db, clock, on="resolved", steps=[{"action": "health_check", "wait": 120}]
+    )
+    await bench.fire()
+    await bench.resolve()
+    assert await bench.advance(119) == []
+    assert await bench.ladder() == [(1, "health_check", "sent")]  # the device may answer yet
+    assert await bench.advance(1) == []
+    (action,) = await bench.actions()
+    assert (action.state, action.detail["command_state"]) == ("failed", "expired")
 
 
 async def test_on_resolved_keeps_to_the_cooldown_and_the_budget(

@@ -63,6 +63,7 @@ class AppState:
             self.clock,
             online_window=self.online_window,
             every=self.settings.alert_evaluation_seconds,
+            wake=self._wake,
         )
         self.deliverer = Deliverer(self.db, self.clock)
 

@@ -94,7 +94,7 @@ Faults = Annotated[
         help="Share of devices a fault hits, 0 to 1 (repeatable), e.g. --fault flaky=0.05. "
         "Kinds: update_download_corrupt, update_install_fail, update_health_fail, disappear, "
         "flaky, sensor_stuck, sensor_out_of_range, sensor_noisy, flood, compromised, "
-        "site_outage.",
+        "site_outage, crash_loop.",
     ),
 ]
 CheckinInterval = Annotated[

@@ -749,5 +749,7 @@ class RemediationAction(Base):
 
     __table_args__ = (
         Index("ix_remediation_actions_rule_at", "rule_id", "at"),
+        # Ladders in progress (state 'sent') are looked up every engine tick.
+        Index("ix_remediation_actions_state", "state"),
         Index("ix_remediation_actions_device_rule", "device_id", "rule_id", "at"),
     )

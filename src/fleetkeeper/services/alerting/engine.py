@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -198,6 +198,7 @@ class AlertEngine:
         mutes_every: float = 10.0,
         count_every: float = 60.0,
         remediator: Remediator | None = None,
+        wake: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -207,6 +208,7 @@ class AlertEngine:
         self.mutes_every = mutes_every
         self.count_every = count_every
         self.remediator = remediator or Remediator(clock)
+        self.wake = wake  # tells devices with a new command to come and get it
         self.reset()
 
     def reset(self) -> None:
@@ -678,8 +680,12 @@ class AlertEngine:
                             tenant_id=rule.tenant_id,
                             rule=rule.rule,
                             alert=row,
+                            scope_size=rule.scope_size,
                         )
             escalated = await self._advance(session, now)
+        sent = self.remediator.take_sent()
+        if sent and self.wake is not None:
+            self.wake(sent)  # committed: the devices hear of their commands at once
         return escalated
 
     async def _remediate_firing(

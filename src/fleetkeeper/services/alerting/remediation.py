@@ -192,8 +192,8 @@ class Remediator:
         for action in open_actions:
             command = sent.get(action.command_id) if action.command_id else None
             command_state = commands.effective_state(command, now) if command else None
-            if _on(action) == "resolved":
-                if now >= _due(action):
+            if _on(action) == "resolved":  # it ends as its command does (or expires)
+                if command_state is None or command_state in commands.FINAL:
                     ok = command_state == "succeeded"
                     _close(action, SUCCEEDED if ok else FAILED, now, None, command_state)
                 continue

@@ -26,7 +26,8 @@ severity and its check. Spread is measured with the median absolute deviation sc
 - `silent`: no point for a while, though most peers keep reporting (when they all go quiet
   it is an outage, not a device fault).
 
-Counters (`COUNTER_METRICS`: `uptime`, the agent's byte totals) count rather than measure:
+Counters (`COUNTER_METRICS`: `uptime`, the agent's byte totals and restarts) count rather
+than measure:
 the sensor detectors leave them alone, and flood and silent count their points like any other.
 
 Pure functions over plain data: no I/O, and the time judged (`now`) is given by the caller.
@@ -113,7 +114,7 @@ ACTIVITY_METRICS = frozenset({"cpu_load", "net_tx_kbps", "speed"})
 # byte totals climb and fall back to 0 at every reboot, and an idle link's total holds still,
 # which no sensor statistic makes sense of (a reset is no spike, a pause no stuck sensor). The
 # sensor detectors skip them; flood and silent count their points like any other.
-COUNTER_METRICS = frozenset({"uptime", "net_rx_bytes", "net_tx_bytes"})
+COUNTER_METRICS = frozenset({"uptime", "net_rx_bytes", "net_tx_bytes", "agent_restarts"})
 
 
 class Severity(StrEnum):
