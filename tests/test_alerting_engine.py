@@ -164,3 +164,40 @@ async def test_a_silence_mutes_and_its_end_lets_the_alert_through(fleet: Fleet) 
     await fleet.run(2400, step=10)  # the silence ended an hour after it began
     [sent] = await fleet.notifications()
     assert sent.payload["counts"]["firing"] == 1
+
+
+async def test_many_devices_firing_together_open_one_incident_that_closes_with_them(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    from sqlalchemy import select
+
+    from fleetkeeper.store.models import AlertIncident
+
+    serials = [f"SN-{i:03d}" for i in range(60)]
+    await fleet.add(serials, attributes={"site": "oslo-3"})
+    await fleet.rule(
+        name="device_offline",
+        condition="offline for 1m",
+        group_by=["rule", "site"],
+        incident={"min_devices": 50, "window": "5m"},
+    )
+    fleet.start()
+    await fleet.run(600, step=10)
+    firing = await fleet.alerts("firing")
+    async with fleet.db.read() as session:
+        [incident] = (await session.scalars(select(AlertIncident))).all()
+    assert incident.closed_at is None and incident.firing == 60 and incident.alerts == 60
+    assert {a.incident_id for a in firing} == {incident.id}
+    [sent] = await fleet.notifications()
+    assert sent.kind == "incident" and sent.incident_id == incident.id
+    assert sent.payload["incident"]["id"] == incident.id
+    for _ in range(60):  # power is back: they check in again
+        await fleet.seen(serials)
+        await fleet.run(10, step=10)
+    async with fleet.db.read() as session:
+        [incident] = (await session.scalars(select(AlertIncident))).all()
+    assert incident.closed_at is not None and incident.firing == 0 and incident.peak == 60
+    assert len(await fleet.alerts("resolved")) == 60
+    _, last = await fleet.notifications()
+    assert last.payload["counts"]["resolved"] == 60 and last.incident_id == incident.id
+    assert fleet.engine is not None and not fleet.engine._incidents  # forgotten once stored

@@ -264,8 +264,16 @@ class Dispatcher:
 
     @property
     def incidents(self) -> list[Incident]:
-        """Every incident opened, the closed ones too, oldest first."""
+        """Every incident opened, the closed ones too (until `forget_closed`), oldest first."""
         return list(self._incidents)
+
+    def forget_closed(self) -> list[Incident]:
+        """Drop the closed incidents no group refers to any more (their closing was notified,
+        or never will be); returns them."""
+        held = {id(group.incident) for group in self._groups.values() if group.incident}
+        closed = [i for i in self._incidents if not i.open and id(i) not in held]
+        self._incidents = [i for i in self._incidents if i.open or id(i) in held]
+        return closed
 
     # --- the state machine -------------------------------------------------------------------
 

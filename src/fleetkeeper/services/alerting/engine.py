@@ -780,6 +780,10 @@ class AlertEngine:
             for notification in dispatcher.due(now):
                 rows.append(self._notification_row(tenant, notification, now))
         await self._write(now, rows, incident_rows, statuses_changed or bool(rows))
+        for tenant in self._tenants.values():  # stored closed: nothing more to track
+            for incident in tenant.dispatcher.forget_closed():
+                self._incidents.pop(incident.id, None)
+                self._attached.pop(incident.id, None)
         return len(rows)
 
     def _incident_summary(self, dispatcher_id: str) -> dict[str, Any] | None:
