@@ -53,6 +53,7 @@ from fleetkeeper.store.artifacts import LocalArtifactStore
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.indexes import ensure_attribute_indexes, parse_keys
 from fleetkeeper.store.migrate import upgrade
+from fleetkeeper.web import install as _web_install
 
 log = logging.getLogger("fleetkeeper")
 
@@ -250,6 +251,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         alerting.router,
     ):
         app.include_router(router)
+    _web_install(app)
     # The device API's hottest route, served without FastAPI's per-request machinery; the
     # FastAPI route of the same path stays behind it for the OpenAPI document.
     app.router.routes.insert(

@@ -753,3 +753,18 @@ class RemediationAction(Base):
         Index("ix_remediation_actions_state", "state"),
         Index("ix_remediation_actions_device_rule", "device_id", "rule_id", "at"),
     )
+
+
+class WebSession(Base):
+    """A dashboard login. The cookie holds a random value; only its sha256 is stored, so a
+    copy of the database opens no session."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # Echoed in every form and fetch that changes something (double submit, bound to the session).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
