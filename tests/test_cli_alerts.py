@@ -250,7 +250,8 @@ def test_silences_are_added_listed_and_expired(server: Server) -> None:
     )
     listed = run("alerts", "silences", "list", "--state", "active")
     assert listed.exit_code == 0 and "battery swap" in listed.stdout
-    assert run("alerts", "silences", "expire", silence["id"]).exit_code == 0
+    expired = run("alerts", "silences", "expire", silence["id"])
+    assert expired.exit_code == 0 and "expired" in expired.stdout
     assert ok("alerts", "silences", "list", "--state", "expired")["items"][0]["id"] == silence["id"]
     assert run("alerts", "silences", "expire", silence["id"]).exit_code == 1
     no_end = ["alerts", "silences", "add", "--matcher", "a=b", "--comment", "c"]

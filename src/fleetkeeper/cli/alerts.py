@@ -494,6 +494,10 @@ def delete_channel(api: ApiClient, channel_id: ChannelId, reason: Reason = None)
 # --- silences and inhibit rules ------------------------------------------------------------------
 
 
+def render_silence(s: dict[str, Any]) -> RenderableType:
+    return output.record(s, f"Silence ({s.get('state', '')})")
+
+
 @silences.command("list")
 @remote
 def list_silences(
@@ -540,16 +544,17 @@ def add_silence(
         "tenant": tenant,
         "reason": reason,
     }
-    silence = api.post(SILENCES, compact(body))
-    output.emit(silence, as_json, lambda s: output.record(s, "Silence"))
+    output.emit(api.post(SILENCES, compact(body)), as_json, render_silence)
 
 
 @silences.command("expire")
 @remote
-def expire_silence(api: ApiClient, silence_id: SilenceId, reason: Reason = None) -> None:
-    """End a silence now (it stays, expired)."""
+def expire_silence(
+    api: ApiClient, silence_id: SilenceId, reason: Reason = None, as_json: Json = False
+) -> None:
+    """End a silence now (it stays, expired) and show it."""
     api.delete(join(SILENCES, silence_id), {"reason": reason})
-    output.note(f"Expired silence {silence_id}.")
+    output.emit(api.get(join(SILENCES, silence_id)), as_json, render_silence)
 
 
 @inhibit.command("list")
