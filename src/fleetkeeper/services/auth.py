@@ -218,6 +218,29 @@ async def update_user(
     return user
 
 
+async def change_own_password(
+    session: AsyncSession, change: Change, *, current: str, new: str
+) -> User:
+    """Any user changes their own password, proving the current one first."""
+    user_id = change.principal.user_id
+    user = await session.get(User, user_id) if user_id else None
+    if user is None or user.disabled:
+        raise Unauthenticated("only a logged-in user changes their own password")
+    if not password_matches(user.password_hash, current):
+        raise Invalid("the current password is wrong", field="current")
+    _check_password(new)
+    user.password_hash = hash_password(new)
+    await audit.append(
+        session,
+        change,
+        action="user.password",
+        target=f"user:{user.username}",
+        tenant_id=user.tenant_id,
+        after={"password_changed": True},
+    )
+    return user
+
+
 async def list_users(session: AsyncSession, principal: Principal) -> list[User]:
     principal.require("users:manage")
     stmt = select(User).where(principal.tenant_filter(User.tenant_id)).order_by(User.username)

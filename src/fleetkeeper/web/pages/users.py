@@ -77,7 +77,7 @@ async def _account(
         ttl_days=state.settings.token_ttl_days,
         new_token=new_token,
         can_own=user.can(OWN_TOKENS),
-        can_password=user.can(MANAGE_USERS) and me is not None,
+        can_password=me is not None,
     )
     if new_token:
         response.headers["Cache-Control"] = "no-store"
@@ -128,20 +128,15 @@ async def revoke_token(
 
 @router.post("/account/password")
 async def change_password(request: Request, state: StateDep, user: ActionDep) -> Response:
-    """Administrators change their own password here (the service lets only users:manage
-    change passwords), after proving the current one."""
+    """Every user changes their own password here, after proving the current one."""
     form = await request.form()
-    user.principal.require(MANAGE_USERS)
     current, new = text_field(form, "current"), text_field(form, "password")
     if new != text_field(form, "confirm"):
         return back("/account", error="the new passwords differ")
     try:
         async with state.db.write() as session:
-            me = await session.get(User, user.principal.user_id)
-            if me is None or not auth.password_matches(me.password_hash, current):
-                raise Invalid("the current password is wrong", field="current")
-            await auth.update_user(
-                session, change(request, user, "own password"), me.username, password=new
+            await auth.change_own_password(
+                session, change(request, user, "own password"), current=current, new=new
             )
     except Invalid as exc:
         return back("/account", error=exc.detail)
