@@ -634,6 +634,8 @@ class AlertRecord(Base):
     __table_args__ = (
         Index("ix_alerts_tenant_state", "tenant_id", "state", "active_since"),
         Index("ix_alerts_rule_state", "rule_id", "state"),
+        # The dashboard's counters (open alerts by state and severity) read only this index.
+        Index("ix_alerts_state_severity", "state", "severity", "tenant_id", "acknowledged_at"),
     )
 
 

@@ -311,6 +311,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_alerts_updated_at"), ["updated_at"], unique=False)
         batch_op.create_index("ix_alerts_rule_state", ["rule_id", "state"], unique=False)
         batch_op.create_index(
+            "ix_alerts_state_severity",
+            ["state", "severity", "tenant_id", "acknowledged_at"],
+            unique=False,
+        )
+        batch_op.create_index(
             "ix_alerts_tenant_state", ["tenant_id", "state", "active_since"], unique=False
         )
 
@@ -388,6 +393,7 @@ def downgrade() -> None:
     op.drop_table("remediation_actions")
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_index("ix_alerts_tenant_state")
+        batch_op.drop_index("ix_alerts_state_severity")
         batch_op.drop_index("ix_alerts_rule_state")
         batch_op.drop_index(batch_op.f("ix_alerts_updated_at"))
         batch_op.drop_index(batch_op.f("ix_alerts_incident_id"))
