@@ -200,4 +200,4 @@ async def test_many_devices_firing_together_open_one_incident_that_closes_with_t
     assert len(await fleet.alerts("resolved")) == 60
     _, last = await fleet.notifications()
     assert last.payload["counts"]["resolved"] == 60 and last.incident_id == incident.id
-    assert fleet.engine is not None and not fleet.engine._incidents  # forgotten once stored
+    assert fleet.engine is not None and fleet.engine.outbox.tracked_incidents == 0  # forgotten

@@ -20,12 +20,16 @@ Around it, the parts that touch the database and the network:
 
 - `observe`: reads devices as observations, a rule's condition pushed into SQL;
 - `engine`: the background engine that judges rules, stores alerts, drives the dispatchers
-  and queues notifications (one per deployment, under an advisory lock);
+  and queues notifications (one per deployment, under an advisory lock), with `mutes` (what
+  silences and inhibits, read per tenant) and `outbox` (notifications, incidents and mutes
+  written per tick);
 - `remediation`: remediation ladders, cooldowns and the budget's circuit breaker;
 - `channels` and `delivery`: webhook, chat and e-mail rendering and the deliverer (retries,
   dead letters, replay, test sends);
-- `config`: what operators configure and read through the API (rules, channels, silences,
-  inhibit rules, alerts, incidents, the notification log).
+- `config`: what operators configure through the API (rules, channels, silences, inhibit
+  rules);
+- `operations`: what operators read and act on (alerts to acknowledge and resolve, incidents,
+  the notification log and its replay, remediation actions).
 
 docs/alerting.md is the user's guide; docs/architecture.md ("Alerting") says how it is built.
 """

@@ -45,34 +45,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.clock import Clock
 from fleetkeeper.ids import uuid7
-from fleetkeeper.services.alerting import payload
-from fleetkeeper.services.alerting.channels import rate_limit_of
 from fleetkeeper.services.alerting.dispatch import Dispatcher, Route
 from fleetkeeper.services.alerting.incidents import Incident, IncidentPolicy
-from fleetkeeper.services.alerting.inhibit import InhibitRule
 from fleetkeeper.services.alerting.lifecycle import Change, NoSuchAlert, RuleEvaluator, Transition
-from fleetkeeper.services.alerting.model import Alert, AlertState, Matcher, Severity
-from fleetkeeper.services.alerting.notification import GroupKey, Notification
+from fleetkeeper.services.alerting.model import Alert, AlertState, Severity
+from fleetkeeper.services.alerting.mutes import load_mutes
 from fleetkeeper.services.alerting.observe import Observed, Reader
-from fleetkeeper.services.alerting.ratelimit import RateLimit
+from fleetkeeper.services.alerting.outbox import Outbox
 from fleetkeeper.services.alerting.remediation import Outcome, Remediator
 from fleetkeeper.services.alerting.rules import AlertRule, RateOfChange
-from fleetkeeper.services.alerting.silences import Silence, SilenceKind, maintenance_silence
+from fleetkeeper.services.alerting.silences import Silence
 from fleetkeeper.services.context import SYSTEM
-from fleetkeeper.services.rollout.execution import ACTIVE as ACTIVE_EXECUTION
-from fleetkeeper.services.rollout.execution import State as ExecutionState
 from fleetkeeper.services.selection import QueryScope, compile_for, offline_after
 from fleetkeeper.store.db import Database
 from fleetkeeper.store.models import (
-    AlertChannel,
-    AlertIncident,
-    AlertInhibitRule,
     AlertNotification,
     AlertRecord,
     AlertRuleRecord,
-    AlertSilence,
     Device,
-    Execution,
     Tenant,
 )
 
@@ -80,8 +70,6 @@ __all__ = ["AlertEngine", "EngineReport"]
 
 log = logging.getLogger("fleetkeeper.alerting")
 SYSTEM_ACTOR = "fleetkeeper"
-# Executions in which a device may be off or rebooting by design (not merely notified).
-UPDATING = sorted(ACTIVE_EXECUTION - {ExecutionState.NOTIFIED})
 _OPERATOR_LOOKBACK = timedelta(minutes=2)  # operator actions are looked for this far back
 _CHUNK = 500
 
@@ -218,9 +206,7 @@ class AlertEngine:
         self._tenants: dict[str, _Tenant] = {}
         self._rows: dict[str, str] = {}  # fingerprint → open alert's row id
         self._held: set[str] = set()  # alert row ids under remediation: not dispatched
-        self._incidents: dict[str, tuple[str, tuple[Any, ...]]] = {}  # dispatcher id → row, sig
-        self._attached: dict[str, set[str]] = {}  # dispatcher incident id → fingerprints
-        self._muted: dict[str, dict[str, list[str]]] = {}
+        self.outbox = Outbox()
         self._mutes_at: datetime | None = None
         self._closed: dict[str, Alert] = {}  # alerts closed this round, until stored
 
@@ -488,78 +474,13 @@ class AlertEngine:
 
     async def _refresh_mutes(self, now: datetime) -> None:
         self._mutes_at = now
-        until = now + timedelta(seconds=max(3 * self.mutes_every, 60))
+        hold = timedelta(seconds=max(3 * self.mutes_every, 60))
         async with self.db.read() as session:
-            silences: dict[str, list[Silence]] = defaultdict(list)
-            for row in await session.scalars(
-                select(AlertSilence).where(AlertSilence.ends_at > now)
-            ):
-                try:
-                    silences[row.tenant_id].append(
-                        Silence(
-                            id=row.id,
-                            matchers=tuple(Matcher.parse(m) for m in row.matchers),
-                            starts_at=row.starts_at,
-                            ends_at=row.ends_at,
-                            author=row.author,
-                            comment=row.comment,
-                        )
-                    )
-                except ValueError:
-                    log.warning("silence %s is unreadable; ignored", row.id)
-            updating: dict[tuple[str, str], list[str]] = defaultdict(list)
-            for tenant_id, deployment_id, device_id in await session.execute(
-                select(Device.tenant_id, Execution.deployment_id, Execution.device_id)
-                .join(Device, Device.id == Execution.device_id)
-                .where(Execution.state.in_(UPDATING))
-            ):
-                updating[(tenant_id, deployment_id)].append(device_id)
-            for (tenant_id, deployment_id), devices in updating.items():
-                silences[tenant_id].append(
-                    maintenance_silence(
-                        f"deployment:{deployment_id}",
-                        devices,
-                        now,
-                        until,
-                        source=f"deployment {deployment_id}",
-                        kind=SilenceKind.DEPLOYMENT,
-                        extra=(Matcher("kind", "=", "offline"),),
-                    )
-                )
-            resting: dict[str, list[str]] = defaultdict(list)
-            for tenant_id, device_id in await session.execute(
-                select(Device.tenant_id, Device.id).where(Device.state == "maintenance")
-            ):
-                resting[tenant_id].append(device_id)
-            for tenant_id, devices in resting.items():
-                silences[tenant_id].append(
-                    maintenance_silence(
-                        "maintenance:state", devices, now, until, source="device state"
-                    )
-                )
-            inhibit: dict[str, list[InhibitRule]] = defaultdict(list)
-            for rule in await session.scalars(select(AlertInhibitRule)):
-                try:
-                    inhibit[rule.tenant_id].append(
-                        InhibitRule.parse(rule.source, rule.target, rule.equal, name=rule.name)
-                    )
-                except ValueError:
-                    log.warning("inhibit rule %s is unreadable; ignored", rule.id)
-            limits: dict[str, dict[str, RateLimit]] = defaultdict(dict)
-            for tenant_id, channel_id, settings in await session.execute(
-                select(AlertChannel.tenant_id, AlertChannel.id, AlertChannel.settings)
-            ):
-                try:
-                    limit = rate_limit_of(settings or {})
-                except (KeyError, TypeError, ValueError):
-                    log.warning("channel %s: unreadable rate limit; ignored", channel_id)
-                    continue
-                if limit is not None:
-                    limits[tenant_id][channel_id] = limit
+            found = await load_mutes(session, now, hold)
         for tenant in self._tenants.values():
-            tenant.dispatcher.set_rate_limits(limits.get(tenant.id, {}))
-            tenant.dispatcher.set_inhibit_rules(inhibit.get(tenant.id, ()), now)
-            tenant.dispatcher.set_silences(silences.get(tenant.id, ()), now)
+            tenant.dispatcher.set_rate_limits(found.limits.get(tenant.id, {}))
+            tenant.dispatcher.set_inhibit_rules(found.inhibit.get(tenant.id, ()), now)
+            tenant.dispatcher.set_silences(found.silences.get(tenant.id, ()), now)
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -778,149 +699,14 @@ class AlertEngine:
             for incident in dispatcher.incidents:
                 incident_rows.append((tenant, incident))
             for notification in dispatcher.due(now):
-                rows.append(self._notification_row(tenant, notification, now))
-        await self._write(now, rows, incident_rows, statuses_changed or bool(rows))
-        for tenant in self._tenants.values():  # stored closed: nothing more to track
-            for incident in tenant.dispatcher.forget_closed():
-                self._incidents.pop(incident.id, None)
-                self._attached.pop(incident.id, None)
-        return len(rows)
-
-    def _incident_summary(self, dispatcher_id: str) -> dict[str, Any] | None:
-        known = self._incidents.get(dispatcher_id)
-        if known is None:
-            return None
-        for tenant in self._tenants.values():
-            for incident in tenant.dispatcher.incidents:
-                if incident.id == dispatcher_id:
-                    return {
-                        "id": known[0],
-                        "firing": incident.firing,
-                        "peak": incident.peak,
-                        "opened_at": incident.opened_at.isoformat(),
-                    }
-        return None
-
-    def _incident_row_id(self, dispatcher_id: str, now: datetime) -> str:
-        if dispatcher_id not in self._incidents:
-            self._incidents[dispatcher_id] = (uuid7(now), ())
-        return self._incidents[dispatcher_id][0]
-
-    def _notification_row(
-        self, tenant: _Tenant, notification: Notification, now: datetime
-    ) -> dict[str, Any]:
-        row_id = uuid7(now)
-        if notification.incident:
-            self._incident_row_id(notification.incident, now)
-        body = payload.render(
-            notification, id=row_id, tenant=tenant.name, incident=self._incident_summary
+                rows.append(self.outbox.notification(tenant, notification, now))
+        dispatchers = [tenant.dispatcher for tenant in self._tenants.values()]
+        mutes = (
+            self.outbox.mute_changes(dispatchers, self._rows, now)
+            if (statuses_changed or rows)
+            else []
         )
-        key = notification.group
-        notified = sorted(tenant.dispatcher.notified(key)) if key is not None else []
-        channel = notification.channel or None
-        return {
-            "id": row_id,
-            "tenant_id": tenant.id,
-            "channel_id": channel,
-            "group_key": str(key) if key is not None else "digest",
-            "kind": str(notification.kind),
-            "title": notification.title[:500],
-            "payload": body,
-            "notified": notified,
-            "incident_id": self._incidents[notification.incident][0]
-            if notification.incident
-            else None,
-            "state": "pending" if channel else "logged",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-
-    async def _write(
-        self,
-        now: datetime,
-        notifications: list[dict[str, Any]],
-        incidents: list[tuple[_Tenant, Incident]],
-        statuses: bool,
-    ) -> None:
-        incident_inserts, incident_updates, attach = [], [], []
-        for tenant, incident in incidents:
-            signature = (incident.firing, incident.peak, incident.closed_at, len(incident.alerts))
-            known = self._incidents.get(incident.id)
-            if known is not None and known[1] == signature:
-                continue
-            row_id = self._incident_row_id(incident.id, now)
-            values = {
-                "firing": incident.firing,
-                "peak": incident.peak,
-                "closed_at": incident.closed_at,
-                "alerts": len(incident.alerts),
-                "updated_at": now,
-            }
-            if known is None or not known[1]:
-                incident_inserts.append(
-                    {
-                        "id": row_id,
-                        "tenant_id": tenant.id,
-                        "rule": incident.rule,
-                        "group_key": str(GroupKey(incident.rule, tuple(incident.labels.items()))),
-                        "labels": dict(incident.labels),
-                        "opened_at": incident.opened_at,
-                        "scope": None,
-                        **values,
-                    }
-                )
-            else:
-                incident_updates.append({"id": row_id, **values})
-            self._incidents[incident.id] = (row_id, signature)
-            new = incident.alerts - self._attached.get(incident.id, set())
-            if new:
-                attach.append((row_id, sorted(new)))
-                self._attached[incident.id] = set(incident.alerts)
-        mutes = self._mute_changes(now) if statuses else []
-        if not (notifications or incident_inserts or incident_updates or attach or mutes):
-            return
-        async with self.db.write() as session:
-            if incident_inserts:
-                await session.execute(insert(AlertIncident), incident_inserts)
-            if incident_updates:
-                await session.execute(update(AlertIncident), incident_updates)
-            for incident_id, fps in attach:
-                rows = [self._rows[fp] for fp in fps if fp in self._rows]
-                for start in range(0, len(rows), _CHUNK):
-                    await session.execute(
-                        update(AlertRecord)
-                        .where(AlertRecord.id.in_(rows[start : start + _CHUNK]))
-                        .values(incident_id=incident_id)
-                        .execution_options(synchronize_session=False)
-                    )
-            for muted_by, rows in mutes:
-                for start in range(0, len(rows), _CHUNK):
-                    await session.execute(
-                        update(AlertRecord)
-                        .where(AlertRecord.id.in_(rows[start : start + _CHUNK]))
-                        .values(muted_by=muted_by)
-                        .execution_options(synchronize_session=False)
-                    )
-            if notifications:
-                await session.execute(insert(AlertNotification), notifications)
-
-    def _mute_changes(self, now: datetime) -> list[tuple[dict[str, list[str]], list[str]]]:
-        """Alerts whose silences or inhibitors changed since last written, by new value."""
-        current: dict[str, dict[str, list[str]]] = {}
-        for tenant in self._tenants.values():
-            for fp, status in tenant.dispatcher.status(now).items():
-                if status.muted:
-                    current[fp] = {
-                        "silences": list(status.silenced_by),
-                        "inhibited_by": list(status.inhibited_by),
-                    }
-        changes: dict[str, tuple[dict[str, list[str]], list[str]]] = {}
-        for fp in set(current) | set(self._muted):
-            value = current.get(fp, {})
-            if self._muted.get(fp, {}) == value or fp not in self._rows:
-                continue
-            key = repr(sorted(value.items()))
-            changes.setdefault(key, (value, []))[1].append(self._rows[fp])
-        self._muted = {fp: v for fp, v in current.items() if fp in self._rows}
-        return list(changes.values())
+        await self.outbox.write(self.db, now, rows, incident_rows, mutes, self._rows)
+        for dispatcher in dispatchers:  # stored closed: nothing more to track
+            self.outbox.forget(dispatcher.forget_closed())
+        return len(rows)
