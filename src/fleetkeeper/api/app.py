@@ -23,6 +23,7 @@ from fleetkeeper.api import problems
 from fleetkeeper.api.middleware import BodyLimit, RequestContext
 from fleetkeeper.api.routes import (
     alerting,
+    alerts,
     artifacts,
     audit,
     deployments,
@@ -249,6 +250,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         device_artifacts.router,
         geo.router,
         alerting.router,
+        alerts.router,
     ):
         app.include_router(router)
     _web_install(app)
@@ -278,6 +280,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             ("/api/v1/devices/import", settings.max_import_bytes),
             # The file streams into the artifact store; the rest is a few form fields.
             ("/api/v1/artifacts", settings.max_artifact_bytes + settings.max_body_bytes),
+            ("/artifacts/upload", settings.max_artifact_bytes + settings.max_body_bytes),
             ("/device/v1/logs", settings.device_max_log_bytes),
             ("/device/v1/", settings.device_max_body_bytes),
         ],

@@ -1,8 +1,9 @@
 """Alerts, incidents and silences: what fires, who handles it and what is muted, and the live
 feed (server-sent events) that keeps the alert pages and the overview's counter current.
 
-Everything goes through `services.alerting.config` as the logged-in user, so an acknowledgement
-made here is the API's: audited, and left in `operator_action` for the engine to take in. The
+Everything goes through `services.alerting.config` and `.operations` as the logged-in user,
+so an acknowledgement made here is the API's: audited, and left in `operator_action` for the
+engine to take in. The
 lists are keyset-paginated and the counters are one GROUP BY over the open alerts, so the pages
 stay fast with a hundred thousand of them.
 """
@@ -25,7 +26,7 @@ from starlette.datastructures import FormData
 
 from fleetkeeper.api.deps import StateDep
 from fleetkeeper.errors import Conflict, FleetkeeperError, Invalid, NotFound
-from fleetkeeper.services.alerting import config
+from fleetkeeper.services.alerting import config, operations
 from fleetkeeper.services.alerting.engine import route_of
 from fleetkeeper.services.alerting.notification import GroupKey
 from fleetkeeper.services.audit import AuditFilter, list_records
@@ -112,8 +113,8 @@ async def snapshot(session: AsyncSession, scope: QueryScope) -> tuple[Counts, di
     """What the live feed tells: the counters and the newest firing alerts, with a version
     that changes when any of it does."""
     counts = await alert_counts(session, scope.principal)
-    newest, _ = await config.list_alerts(
-        session, scope, config.AlertFilter(state="firing"), limit=NEWEST, cursor=None
+    newest, _ = await operations.list_alerts(
+        session, scope, operations.AlertFilter(state="firing"), limit=NEWEST, cursor=None
     )
     data: dict[str, Any] = {
         "counts": counts.as_json(),
@@ -174,14 +175,14 @@ async def alerts_page(
     user.principal.require(config.READ)
     tab = tab if tab in TABS else "firing"
     severity = severity if severity in SEVERITIES else None
-    flt = config.AlertFilter(state=tab, severity=severity, rule=rule or None, query=q or None)
+    flt = operations.AlertFilter(state=tab, severity=severity, rule=rule or None, query=q or None)
     query_error = None
     rows: list[AlertRecord] = []
     next_cursor = None
     scope = scope_of(request, user)
     async with state.db.read() as session:
         try:
-            rows, next_cursor = await config.list_alerts(
+            rows, next_cursor = await operations.list_alerts(
                 session, scope, flt, limit=PAGE, cursor=cursor
             )
         except FleetkeeperError as exc:
@@ -270,9 +271,9 @@ async def bulk_action(request: Request, state: StateDep, user: ActionDep) -> Res
                 if alert is None:
                     raise NotFound(f"no alert {alert_id!r}")
                 if action == "ack":
-                    await config.acknowledge(session, chg, alert, note)
+                    await operations.acknowledge(session, chg, alert, note)
                 else:
-                    await config.resolve(session, chg, alert, note)
+                    await operations.resolve(session, chg, alert, note)
                 done += 1
             except (Conflict, NotFound) as exc:
                 skipped.append(exc.detail)
@@ -334,17 +335,17 @@ def history(alert: AlertRecord, remediations: Sequence[Any]) -> list[dict[str, A
 async def alert_page(request: Request, state: StateDep, user: UserDep, alert_id: str) -> Response:
     principal = user.principal
     async with state.db.read() as session:
-        alert = await config.get_alert(session, principal, alert_id)
+        alert = await operations.get_alert(session, principal, alert_id)
         if alert.id != alert_id:  # a fingerprint: show the alert under its own address
             return RedirectResponse(f"/alerts/{alert.id}", status_code=303)
         rule = await config.get_rule(session, principal, alert.rule_id)
-        remediations, _ = await config.list_remediations(
+        remediations, _ = await operations.list_remediations(
             session, principal, alert=alert.id, limit=PAGE, cursor=None
         )
-        notifications, _ = await config.list_notifications(
+        notifications, _ = await operations.list_notifications(
             session,
             principal,
-            config.NotificationFilter(group=group_key(alert, rule)),
+            operations.NotificationFilter(group=group_key(alert, rule)),
             limit=20,
             cursor=None,
         )
@@ -398,12 +399,12 @@ async def _act(request: Request, user: WebUser, alert_id: str, action: str) -> R
         return back(to, error=exc.detail)
     state = request.app.state.fleetkeeper
     async with state.db.write() as session:
-        alert = await config.get_alert(session, user.principal, alert_id, for_update=True)
+        alert = await operations.get_alert(session, user.principal, alert_id, for_update=True)
         try:
             if action == "ack":
-                await config.acknowledge(session, change(request, user), alert, note)
+                await operations.acknowledge(session, change(request, user), alert, note)
             else:
-                await config.resolve(session, change(request, user), alert, note)
+                await operations.resolve(session, change(request, user), alert, note)
         except Conflict as exc:
             return back(to, error=exc.detail)
     done = "acknowledged" if action == "ack" else "resolved"
@@ -438,7 +439,7 @@ async def silence_like(
     form = await request.form()
     to = _return_to(form, f"/alerts/{alert_id}")
     async with state.db.write() as session:
-        alert = await config.get_alert(session, user.principal, alert_id)
+        alert = await operations.get_alert(session, user.principal, alert_id)
         labels = {"rule": alert.rule, "severity": alert.severity, **alert.labels}
         names = [n for n in form.getlist("match") if isinstance(n, str) and n in labels]
         # Quoted: a value starting with ~ or ! would read as another operator.
@@ -470,7 +471,7 @@ async def incidents_page(
 ) -> HTMLResponse:
     chosen = tab if tab in INCIDENT_TABS else None
     async with state.db.read() as session:
-        rows, next_cursor = await config.list_incidents(
+        rows, next_cursor = await operations.list_incidents(
             session, user.principal, state=chosen, limit=PAGE, cursor=cursor
         )
     return render(
@@ -502,10 +503,10 @@ async def incident_page(
         )
         if incident is None:
             raise NotFound(f"no incident {incident_id!r}")
-        rows, next_cursor = await config.list_alerts(
+        rows, next_cursor = await operations.list_alerts(
             session,
             scope_of(request, user),
-            config.AlertFilter(incident=incident.id),
+            operations.AlertFilter(incident=incident.id),
             limit=PAGE,
             cursor=cursor,
         )
@@ -548,7 +549,7 @@ async def silences_page(
                 session, principal, state=chosen, now=now, limit=PAGE, cursor=cursor
             )
         if alert:
-            found = await config.get_alert(session, principal, alert)
+            found = await operations.get_alert(session, principal, alert)
             labels = {"rule": found.rule, **found.labels}
             suggested = [f'{n}="{labels[n]}"' for n in ("rule", "site") if labels.get(n)]
     return render(

@@ -38,7 +38,7 @@ from fleetkeeper.services import (
     retirement,
     telemetry,
 )
-from fleetkeeper.services.alerting import config as alerting
+from fleetkeeper.services.alerting import operations as alerting
 from fleetkeeper.services.context import Change
 from fleetkeeper.services.geo import positions
 from fleetkeeper.services.monitoring import health
