@@ -201,3 +201,60 @@ async def test_many_devices_firing_together_open_one_incident_that_closes_with_t
     _, last = await fleet.notifications()
     assert last.payload["counts"]["resolved"] == 60 and last.incident_id == incident.id
     assert fleet.engine is not None and fleet.engine.outbox.tracked_incidents == 0  # forgotten
+
+
+async def test_devices_rebooting_for_an_update_or_in_a_maintenance_window_are_not_offline(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    """The automatic silences: a device whose execution is installing, and the devices of a
+    group whose maintenance window is open, have their offline alerts muted; others do not."""
+    from fleetkeeper.ids import uuid7
+    from fleetkeeper.store.models import Deployment, Execution, Group, GroupMember
+
+    updating, resting, plain = await fleet.add(["SN-UPD", "SN-WIN", "SN-OUT"])
+    now = clock.now()
+    async with fleet.db.write() as session:
+        deployment = Deployment(
+            id=uuid7(now),
+            name="fw 2.0",
+            tenant_id="default",
+            kind="update",
+            target="",
+            policy={},
+            state="running",
+            created_by="test",
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(deployment)
+        group = Group(
+            tenant_id="default",
+            name="night",
+            created_at=now,
+            updated_at=now,
+            maintenance_windows=[{"cron": "0 0 * * *", "duration": 7200, "timezone": "UTC"}],
+        )
+        session.add(group)
+        await session.flush()
+        session.add(GroupMember(group_id=group.id, device_id=resting))
+        session.add(
+            Execution(
+                id=uuid7(now),
+                deployment_id=deployment.id,
+                device_id=updating,
+                phase=0,
+                position=0,
+                state="rebooting",
+                updated_at=now,
+            )
+        )
+    await fleet.rule(name="device_offline", condition="offline for 1m", group_wait="30s")
+    fleet.start()
+    await fleet.run(900, step=10)
+    muted = {a.device_id: a.muted_by.get("silences", []) for a in await fleet.alerts("firing")}
+    assert set(muted) == {updating, resting, plain}
+    assert muted[updating] == [f"deployment:{deployment.id}"]
+    assert muted[resting] == ["window:night"]
+    assert muted[plain] == []
+    [sent] = await fleet.notifications()
+    assert sent.payload["counts"] == {"firing": 1, "new": 1, "resolved": 0, "muted": 2}

@@ -476,7 +476,13 @@ class AlertEngine:
         self._mutes_at = now
         hold = timedelta(seconds=max(3 * self.mutes_every, 60))
         async with self.db.read() as session:
-            found = await load_mutes(session, now, hold)
+            alerting = {
+                alert.labels["device"]
+                for rule in self._rules.values()
+                for alert in rule.evaluator.alerts.values()
+                if "device" in alert.labels
+            }
+            found = await load_mutes(session, now, hold, alerting)
         for tenant in self._tenants.values():
             tenant.dispatcher.set_rate_limits(found.limits.get(tenant.id, {}))
             tenant.dispatcher.set_inhibit_rules(found.inhibit.get(tenant.id, ()), now)

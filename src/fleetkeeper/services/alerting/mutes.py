@@ -7,7 +7,11 @@ lasting a little longer than the refresh interval (`hold`):
 - `deployment:ID`: the `offline` alerts (label `kind=offline`) of devices whose execution of
   that deployment is downloading, installing, rebooting, verifying or rolling back; a device
   rebooting for an update is not offline;
-- `maintenance:state`: every alert of devices in the `maintenance` lifecycle state.
+- `maintenance:state`: every alert of devices in the `maintenance` lifecycle state;
+- `window:GROUP`: the `offline` alerts of the devices of a group whose maintenance window is
+  open now (`groups.maintenance_windows`, the windows rollouts honour), until it closes. Only
+  devices that have an open alert are looked up, so a dynamic group of 100,000 devices costs
+  a query over those few.
 
 Unreadable rows (a matcher that no longer parses) are logged and skipped: one bad silence
 must not stop alerting.
@@ -17,25 +21,32 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from fleetkeeper.errors import FleetkeeperError
 from fleetkeeper.services.alerting.channels import rate_limit_of
 from fleetkeeper.services.alerting.inhibit import InhibitRule
 from fleetkeeper.services.alerting.model import Matcher
 from fleetkeeper.services.alerting.ratelimit import RateLimit
 from fleetkeeper.services.alerting.silences import Silence, SilenceKind, maintenance_silence
+from fleetkeeper.services.context import SYSTEM
 from fleetkeeper.services.rollout.execution import ACTIVE as ACTIVE_EXECUTION
 from fleetkeeper.services.rollout.execution import State as ExecutionState
+from fleetkeeper.services.rollout.windows import open_until, parse_window
+from fleetkeeper.services.selection import QueryScope, compile_for
 from fleetkeeper.store.models import (
     AlertChannel,
     AlertInhibitRule,
     AlertSilence,
     Device,
     Execution,
+    Group,
+    GroupMember,
 )
 
 __all__ = ["UPDATING", "Mutes", "load_mutes"]
@@ -43,6 +54,7 @@ __all__ = ["UPDATING", "Mutes", "load_mutes"]
 log = logging.getLogger("fleetkeeper.alerting")
 # Executions in which a device may be off or rebooting by design (not merely notified).
 UPDATING = sorted(ACTIVE_EXECUTION - {ExecutionState.NOTIFIED})
+_CHUNK = 500
 
 
 @dataclass
@@ -54,7 +66,11 @@ class Mutes:
     limits: dict[str, dict[str, RateLimit]] = field(default_factory=dict)
 
 
-async def load_mutes(session: AsyncSession, now: datetime, hold: timedelta) -> Mutes:
+async def load_mutes(
+    session: AsyncSession, now: datetime, hold: timedelta, alerting: Iterable[str] = ()
+) -> Mutes:
+    """Everything that mutes, per tenant; `alerting` names the devices with an open alert
+    (the only ones a maintenance window's silence needs to cover)."""
     until = now + hold
     silences: dict[str, list[Silence]] = defaultdict(list)
     for row in await session.scalars(select(AlertSilence).where(AlertSilence.ends_at > now)):
@@ -118,4 +134,59 @@ async def load_mutes(session: AsyncSession, now: datetime, hold: timedelta) -> M
             continue
         if limit is not None:
             limits[tenant_id][channel_id] = limit
+    for tenant_id, silence in await _window_silences(session, now, set(alerting)):
+        silences[tenant_id].append(silence)
     return Mutes(dict(silences), dict(inhibit), dict(limits))
+
+
+async def _window_silences(
+    session: AsyncSession, now: datetime, alerting: set[str]
+) -> list[tuple[str, Silence]]:
+    if not alerting:
+        return []
+    found = []
+    groups = await session.scalars(select(Group).where(Group.maintenance_windows.is_not(None)))
+    for group in groups:
+        try:
+            windows = [parse_window(w) for w in group.maintenance_windows or ()]
+        except ValueError:
+            log.warning("group %s: unreadable maintenance window; ignored", group.name)
+            continue
+        ends = [end for w in windows if (end := open_until(w, now)) is not None]
+        if not ends:
+            continue
+        members = await _members(session, group, sorted(alerting), now)
+        if members:
+            silence = maintenance_silence(
+                f"window:{group.name}",
+                members,
+                now,
+                max(ends),
+                source=f"maintenance window of group {group.name}",
+                extra=(Matcher("kind", "=", "offline"),),
+            )
+            found.append((group.tenant_id, silence))
+    return found
+
+
+async def _members(
+    session: AsyncSession, group: Group, candidates: list[str], now: datetime
+) -> list[str]:
+    """Which of `candidates` (device ids) are in the group."""
+    members: list[str] = []
+    for start in range(0, len(candidates), _CHUNK):
+        chunk = candidates[start : start + _CHUNK]
+        if group.query is None:
+            stmt = select(GroupMember.device_id).where(
+                GroupMember.group_id == group.id, GroupMember.device_id.in_(chunk)
+            )
+        else:
+            scope = QueryScope(principal=SYSTEM, now=now, online_window=timedelta(minutes=5))
+            try:
+                where = await compile_for(session, scope, group.query, tenant_id=group.tenant_id)
+            except FleetkeeperError:
+                log.warning("group %s: its query does not compile; window ignored", group.name)
+                return []
+            stmt = select(Device.id).where(where, Device.id.in_(chunk))
+        members.extend(await session.scalars(stmt))
+    return members
