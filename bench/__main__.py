@@ -8,7 +8,8 @@ with 10,000 devices beside the same simulator with one; rollout, a four-phase ro
 points/s ingested over HTTP beside the bare driver inserting the same rows, and a 30-day chart
 query (telemetry-chart); alerting, 20 rules judged over 100,000 devices while telemetry is
 ingested at full rate: detection lag beside the evaluation interval, round time, and ingestion
-with the engine beside ingestion alone. Each is reported as a ratio; results go to
+with the engine beside ingestion alone; dashboard, the server time of every main page of the
+web dashboard on 100,000 devices beside the 500 ms bound. Each is reported as a ratio; results go to
 bench/results/*.json and the table in docs/performance.md.
 """
 
@@ -19,7 +20,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from bench import alerting, device, inventory, rollout, sim, telemetry
+from bench import alerting, dashboard, device, inventory, rollout, sim, telemetry
 from bench.databases import DEFAULT_PG
 from bench.harness import Result, save
 from bench.report import update_doc
@@ -32,6 +33,7 @@ SCENARIOS = (
     "rollout",
     "telemetry",
     "alerting",
+    "dashboard",
     "simulator",
 )
 
@@ -105,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                 kind,
                 5_000 if args.quick else 100_000,
                 args.pg_url,
-                rounds=2 if args.quick else 4,
-                seconds=10 if args.quick else 15,
-                alone=10 if args.quick else 15,
+                seconds=20 if args.quick else 60,
+                alone=10 if args.quick else 30,
+            )
+        if "dashboard" in chosen:
+            results += dashboard.dashboard(
+                kind, 20_000 if args.quick else 100_000, args.pg_url, rounds=5 if args.quick else 15
             )
     if "simulator" in chosen:  # no database: the simulator runs against a stand-in server
         results += sim.simulator(
