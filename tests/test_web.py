@@ -94,3 +94,25 @@ async def test_an_expired_session_sends_the_browser_to_log_in_again(
     browser = await login(client, "alice")
     app.state.fleetkeeper.clock.advance(hours=13)  # idle longer than 12 h
     assert (await browser.get("/")).status_code == 303
+
+
+async def test_the_overview_map_draws_the_located_devices_the_query_selects(
+    client: httpx.AsyncClient,
+) -> None:
+    await fleet(
+        client,
+        {"serial": "SN-1", "location": {"lat": 52.52, "lon": 13.40}, "attributes": {"site": "b"}},
+        {"serial": "SN-2", "location": {"lat": 59.91, "lon": 10.75}, "attributes": {"site": "o"}},
+        {"serial": "SN-3"},  # no position: not on the map
+    )
+    await web_user(client, "alice")
+    browser = await login(client, "alice")
+    r = await browser.get("/ui/data/map")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+    body = r.json()
+    assert sorted(f["properties"]["serial"] for f in body["features"]) == ["SN-1", "SN-2"]
+    [berlin] = [f for f in body["features"] if f["properties"]["serial"] == "SN-1"]
+    assert berlin["geometry"]["coordinates"] == [13.40, 52.52]
+    assert berlin["properties"]["online"] is False and body["truncated"] is False
+    r = await browser.get("/ui/data/map", params={"q": "attributes.site = o"})
+    assert [f["properties"]["serial"] for f in r.json()["features"]] == ["SN-2"]

@@ -531,6 +531,8 @@ class Execution(Base):
         Index("ix_executions_device_state", "device_id", "state"),
         Index("ix_executions_deliver", "deliver", "device_id"),
         Index("ix_executions_deadline", "step_deadline"),
+        # A deployment's executions page by page, in id order (API and dashboard lists).
+        Index("ix_executions_deployment_id", "deployment_id", "id"),
     )
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import ColumnElement, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.errors import Invalid
+from fleetkeeper.query import online_expression
 from fleetkeeper.services.context import Principal
 from fleetkeeper.services.devices import get_device
 from fleetkeeper.services.geo.fences import bbox_clause, lat_lon, location_point, update_presence
@@ -147,11 +148,7 @@ async def fleet_map(
     session: AsyncSession, scope: QueryScope, q: str | None, *, bbox: BBox | None, limit: int
 ) -> FleetMap:
     """The devices `q` selects that have a known position (inside `bbox`), by id."""
-    scope.principal.require("devices:read")
-    lat, lon = lat_lon()
-    conditions = [await compile_for(session, scope, q), lat.is_not(None), lon.is_not(None)]
-    if bbox is not None:
-        conditions.append(bbox_clause(bbox))
+    conditions = await _map_conditions(session, scope, q, bbox)
     rows = (
         await session.execute(
             select(Device, DeviceModel.name)
@@ -179,6 +176,54 @@ async def fleet_map(
         at = stored[1] if stored and distance_m(stored[0], p) <= MIN_MOVE_M else None
         entries.append(MapEntry(device, model, p, online(device), at))
     return FleetMap(entries, truncated, total)
+
+
+async def _map_conditions(
+    session: AsyncSession, scope: QueryScope, q: str | None, bbox: BBox | None
+) -> list[ColumnElement[bool]]:
+    scope.principal.require("devices:read")
+    lat, lon = lat_lon()
+    conditions = [await compile_for(session, scope, q), lat.is_not(None), lon.is_not(None)]
+    if bbox is not None:
+        conditions.append(bbox_clause(bbox))
+    return conditions
+
+
+@dataclass(frozen=True)
+class MapPoint:
+    id: str
+    serial: str
+    state: str
+    model: str
+    lat: float
+    lon: float
+    online: bool
+
+
+async def map_points(
+    session: AsyncSession, scope: QueryScope, q: str | None, *, limit: int
+) -> tuple[list[MapPoint], bool]:
+    """What a map draws, and only that: the first `limit` located devices `q` selects (by id)
+    as plain points, and whether there were more. One query of six columns: no device rows,
+    no count, no position history (the dashboard's overview map)."""
+    conditions = await _map_conditions(session, scope, q, None)
+    lat, lon = lat_lon()
+    online = online_expression(scope.now, scope.online_window, await offline_after(session))
+    rows = (
+        await session.execute(
+            select(Device.id, Device.serial, Device.state, DeviceModel.name, lat, lon, online)
+            .join(DeviceModel, DeviceModel.id == Device.model_id)
+            .where(*conditions)
+            .order_by(Device.id)
+            .limit(limit + 1)
+        )
+    ).all()
+    points = [
+        MapPoint(r[0], r[1], r[2], r[3], float(r[4]), float(r[5]), bool(r[6]))
+        for r in rows[:limit]
+        if isinstance(r[4], int | float) and isinstance(r[5], int | float)
+    ]
+    return points, len(rows) > limit
 
 
 async def _latest_positions(

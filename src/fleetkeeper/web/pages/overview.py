@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
 
 from fleetkeeper.api.deps import StateDep
@@ -93,31 +94,25 @@ async def map_data(
     state: StateDep,
     user: UserDep,
     q: Annotated[str | None, Query(max_length=4000)] = None,
-) -> JSONResponse:
+) -> Response:
     """The fleet map's points as GeoJSON, for the dashboard's own scripts."""
     async with state.db.read() as session:
-        found = await positions.fleet_map(
-            session, scope_of(request, user), q, bbox=None, limit=MAP_POINTS
+        points, truncated = await positions.map_points(
+            session, scope_of(request, user), q, limit=MAP_POINTS
         )
     features = [
         {
             "type": "Feature",
-            "id": entry.device.id,
-            "geometry": {"type": "Point", "coordinates": [entry.point.lon, entry.point.lat]},
+            "id": p.id,
+            "geometry": {"type": "Point", "coordinates": [p.lon, p.lat]},
             "properties": {
-                "serial": entry.device.serial,
-                "online": entry.online,
-                "state": entry.device.state,
-                "model": entry.model,
+                "serial": p.serial,
+                "online": p.online,
+                "state": p.state,
+                "model": p.model,
             },
         }
-        for entry in found.entries
+        for p in points
     ]
-    return JSONResponse(
-        {
-            "type": "FeatureCollection",
-            "features": features,
-            "truncated": found.truncated,
-            "total": found.total,
-        }
-    )
+    body = {"type": "FeatureCollection", "features": features, "truncated": truncated}
+    return Response(orjson.dumps(body), media_type="application/geo+json")
