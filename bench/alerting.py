@@ -10,7 +10,7 @@ minutes to 3 days (OFFLINE), 0.3 % carry the health flag `faulty_sensor`, and a 
 finished update, 3 % of those failed. 20 rules (RULES) of every kind, scoped by model and
 site queries, grouped by site.
 
-Ingestion, in a separate process as the server would ingest in its own: device requests of
+Ingestion, in a separate process (as a replica taking the device traffic would): requests of
 100 points (one device's 10 metrics at 10 times in the last 5 s), 800 in flight, through the
 server's own `Ingestor` (group commit: up to 20,000 points a transaction; on PostgreSQL three
 side by side) over `TimeSeries.write`, as fast as it goes; each sender is noted as seen
@@ -20,16 +20,19 @@ Engine, in this process: `AlertEngine` on the system clock with `every` 5 s (the
 default `alert_evaluation_seconds`), driven as `fleetkeeper serve` drives it: sleep 1 s, tick
 under `db.exclusive("alerting")`, then the notification deliverer.
 
-Probes. Every second a probe device (reserved: the writer never sends its readings) gets a
-battery reading of 5 through `TimeSeries.write`; rule `battery-critical` (`battery < 15`, no
-`for`) must fire on it. Detection lag = its alert's `fired_at` (the engine's clock at the
-round that fired it) - the wall time the reading committed; beside it, when a poll (4 a
-second) first saw the alert row firing.
+Probes. Every second of the measured window the writer sends one more request: a probe
+device's battery at 5 (probes are reserved devices whose readings nobody else sends). Rule
+`battery-critical` (`battery < 15`, no `for`) must fire on it. Detection lag = its alert's
+`fired_at` (the engine's clock at the round that fired it) - the wall time the request's
+transaction committed; beside it, when a poll (4 a second) first saw the alert row firing.
+The probes come from the writer's process so that a round holding this process's event loop
+does not hold them back too (it would in `fleetkeeper serve`, where the API shares the loop:
+`loop_held` says for how long).
 
 Windows. After a warm-up (the writer running, the engine's first two rounds, which open the
-fleet's standing alerts), rounds alternate a window of ingestion alone (the engine paused)
-and a window with the engine and the probes, which runs on until every probe is seen
-firing. Ingestion is reported in points/s committed inside each kind of window.
+fleet's standing alerts): ingestion alone (the engine paused), ingestion with the engine and
+the probes (on until every probe is seen firing), ingestion alone again. Ingestion is
+reported in points/s committed within pieces of 10 s of each kind of window.
 
 SQLite: the writer and the engine are two processes on one file, so each waits for the
 file's write lock through SQLite's busy handler, where inside one `fleetkeeper serve` (SQLite
@@ -46,13 +49,13 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psutil
 import uvloop
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from bench.databases import RawConnection, fresh_database
 from bench.harness import Result, Stats
@@ -70,12 +73,10 @@ from fleetkeeper.store.models import (
     AlertRecord,
     AlertRuleRecord,
     Deployment,
-    DeviceHealth,
     DeviceModel,
-    Execution,
     Tenant,
 )
-from fleetkeeper.store.timeseries import Point, TimeSeries, sqlite_time
+from fleetkeeper.store.timeseries import Point, sqlite_time
 
 log = logging.getLogger("bench.alerting")
 
@@ -95,7 +96,6 @@ METRICS = (
     ("current", 0.2, 0.6, 0.02),
 )
 TIMES = 10  # a request: 10 metrics at 10 times
-BATCH = len(METRICS) * TIMES
 # (share of the fleet, metric, low, high): devices whose typical value trips a rule.
 OUTLIERS = (
     (0.005, "battery", 3.0, 12.0),
@@ -109,7 +109,9 @@ FAULTY = 0.003
 UPDATED, FAILED = 0.2, 0.03
 PROBE_VALUE = 5.0
 PROBE_RULE = "battery-critical"
+RATE_RULE = "storage-filling"  # judged once a minute (the engine's `rate_every`)
 ONLINE = timedelta(seconds=300)  # the server's default online window
+PIECE = 10.0  # seconds: ingestion rates are taken over pieces of the windows this long
 SENDERS = 800  # requests in flight: enough to fill 20,000-point transactions, 3 at a time
 _INDEX = {name: i for i, (name, *_) in enumerate(METRICS)}
 HEALTHY = tuple((low + high) / 2 for _, low, high, _ in METRICS)  # a probe's values
@@ -129,11 +131,7 @@ RULES = (
     ("battery-low-thermo", "battery < 20 for 10m", "model = thermo-v2"),
     ("battery-empty-meter", "battery < 10 for 5m", "model = meter-v1"),
     ("battery-low-north", "battery < 25 for 15m", _sites(0, 9)),
-    (
-        "battery-low-site-42",
-        "battery < 15 for 1m",
-        "model = thermo-v2 AND attributes.site = site-042",
-    ),
+    ("battery-site-42", "battery < 15 for 1m", "model = thermo-v2 AND " + _sites(42, 42)),
     ("overheat", "temperature > 45", ""),
     ("warm-tracker", "temperature > 40 for 2m", "model = tracker-v3"),
     ("frost", "temperature < -5 for 5m", "model IN (thermo-v2, meter-v1)"),
@@ -142,7 +140,7 @@ RULES = (
     ("signal-weak-sites", "rssi < -98 for 10m", _sites(10, 29)),
     ("storage-full", "storage_used > 90", ""),
     ("storage-critical", "storage_used > 95 for 10m", "model != thermo-v2"),
-    ("storage-filling", "rate(storage_used) > 5 per 1h", "model = thermo-v2"),
+    (RATE_RULE, "rate(storage_used) > 5 per 1h", "model = thermo-v2"),
     ("offline", "offline for 10m", ""),
     ("offline-tracker", "offline for 30m", "model = tracker-v3"),
     ("offline-south", "offline for 1h", _sites(50, 59)),
@@ -229,6 +227,18 @@ def _at(samples: Sequence[tuple[float, int]], t: float) -> float:
     return p0 + (p1 - p0) * (t - t0) / (t1 - t0) if t1 > t0 else float(p1)
 
 
+def pieces(start: float, end: float, length: float) -> list[tuple[float, float]]:
+    """[start, end) cut into pieces of `length` (a last one shorter than half is dropped);
+    a window shorter than `length` is one piece."""
+    if end - start < length:
+        return [(start, end)]
+    out = []
+    while end - start >= length / 2:
+        out.append((start, min(end, start + length)))
+        start += length
+    return out
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -252,38 +262,33 @@ class Fleet:
 
 
 def seed(url: str, size: int, probes: int, seed_: int = 7) -> Fleet:
+    """The fleet, its readings, health flags and updates, and the rules, straight in `url`."""
     t0 = time.time()
     profiles = [profile(i, seed_) for i in range(size)]
-    reserved = set(probe_indices(size, probes))
-    # Probes are healthy, in service devices until their reading is pushed.
-    for i in reserved:
+    reserved = probe_indices(size, probes)
+    for i in reserved:  # healthy devices in service until their battery is pushed
         profiles[i] = Profile(profiles[i].model, profiles[i].site, False, False, None, HEALTHY, 0.0)
     start = datetime.fromtimestamp(t0, UTC)
-    ids = [uuid7(start - timedelta(days=400) + timedelta(seconds=10 * i)) for i in range(size)]
-    fleet = Fleet(ids, profiles, sorted(reserved), t0)
-    model_ids = asyncio.run(_seed_first(url, start))
+    ids = [uuid7(start - timedelta(days=400, seconds=-10 * i)) for i in range(size)]
+    fleet = Fleet(ids, profiles, reserved, t0)
+    model_ids, deployment = asyncio.run(_seed_first(url, start))
     raw = RawConnection(url)
     try:
-        if raw.kind == "sqlite":
-            raw.fetch("PRAGMA synchronous=OFF")
-        fleet.rows["devices"] = _bulk(raw, "devices", _DEVICE_COLUMNS, _devices(fleet, model_ids))
-        fleet.rows["telemetry_latest"] = _bulk(
-            raw,
-            "telemetry_latest",
-            ("device_id", "metric", "ts", "value"),
-            _latest(fleet, raw.kind),
-        )
-        fleet.rows["telemetry_1m"] = _bulk(
-            raw,
-            "telemetry_1m",
-            ("device_id", "metric", "bucket", "min_value", "max_value", "sum_value", "count"),
-            _minutes(fleet, raw.kind),
-        )
+        stamp = _stamp(raw.kind)
+        tables = {
+            "devices": _devices(fleet, model_ids, stamp),
+            "telemetry_latest": _latest(fleet, stamp),
+            "telemetry_1m": _minutes(fleet, stamp),
+            "device_health": _health(fleet, stamp),
+            "executions": _executions(fleet, deployment, stamp),
+        }
+        for table, rows in tables.items():
+            fleet.rows[table] = _bulk(raw, table, _COLUMNS[table].split(), rows)
         if raw.kind == "sqlite":
             raw.run(lambda c: c.commit())
     finally:
         raw.close()
-    fleet.rows |= asyncio.run(_seed_last(url, fleet, start))
+    asyncio.run(_seed_rules(url, start))
     raw = RawConnection(url)
     try:
         raw.fetch("ANALYZE")
@@ -292,51 +297,38 @@ def seed(url: str, size: int, probes: int, seed_: int = 7) -> Fleet:
     return fleet
 
 
-_DEVICE_COLUMNS = (
-    "id",
-    "serial",
-    "name",
-    "model_id",
-    "tenant_id",
-    "state",
-    "firmware_version",
-    "attributes",
-    "last_seen",
-    "created_at",
-    "updated_at",
-)
+_COLUMNS = {
+    "devices": "id serial name model_id tenant_id state firmware_version attributes last_seen "
+    "created_at updated_at",
+    "telemetry_latest": "device_id metric ts value",
+    "telemetry_1m": "device_id metric bucket min_value max_value sum_value count",
+    "device_health": "device_id flag metric detector severity evidence since checked_at",
+    "executions": "id deployment_id device_id phase position state attempt deliver "
+    "cancel_requested from_version to_version finished_at updated_at",
+}
+Stamp = Callable[[datetime], Any]  # a time as the database's driver takes it
 
 
-def _stamp(kind: str) -> Callable[[datetime], Any]:
+def _stamp(kind: str) -> Stamp:
     if kind == "sqlite":
         return sqlite_time
     return lambda t: t.astimezone(UTC).replace(tzinfo=None)
 
 
-def _devices(fleet: Fleet, model_ids: list[int]) -> Iterator[tuple[Any, ...]]:
+def _devices(fleet: Fleet, model_ids: list[int], stamp: Stamp) -> Iterator[tuple[Any, ...]]:
     rng = random.Random(3)
     start = datetime.fromtimestamp(fleet.t0, UTC)
     for i, (device_id, p) in enumerate(zip(fleet.ids, fleet.profiles, strict=True)):
         silent = rng.uniform(660, 3 * 86400) if p.offline else rng.uniform(0, 120)
-        created = start - timedelta(days=400) + timedelta(seconds=10 * i)
-        yield (
-            device_id,
-            f"AL-{i:08d}",
-            f"AL-{i:08d}",
-            model_ids[p.model],
-            "default",
-            "active",
-            "1.0.0",
-            f'{{"site": "{_site(p.site)}"}}',
-            start - timedelta(seconds=silent),
-            created,
-            created,
-        )
+        seen = stamp(start - timedelta(seconds=silent))
+        created = stamp(start - timedelta(days=400, seconds=-10 * i))
+        serial, attributes = f"AL-{i:08d}", f'{{"site": "{_site(p.site)}"}}'
+        state = (model_ids[p.model], "default", "active", "1.0.0", attributes)
+        yield (device_id, serial, serial, *state, seen, created, created)
 
 
-def _latest(fleet: Fleet, kind: str) -> Iterator[tuple[Any, ...]]:
+def _latest(fleet: Fleet, stamp: Stamp) -> Iterator[tuple[Any, ...]]:
     rng = random.Random(5)
-    stamp = _stamp(kind)
     for device_id, p in zip(fleet.ids, fleet.profiles, strict=True):
         at = fleet.t0 - (rng.uniform(660, 86400) if p.offline else rng.uniform(0, 60))
         ts = stamp(datetime.fromtimestamp(at, UTC))
@@ -344,27 +336,43 @@ def _latest(fleet: Fleet, kind: str) -> Iterator[tuple[Any, ...]]:
             yield device_id, name, ts, value(p, m, at, fleet.t0, rng)
 
 
-def _minutes(fleet: Fleet, kind: str) -> Iterator[tuple[Any, ...]]:
+def _minutes(fleet: Fleet, stamp: Stamp) -> Iterator[tuple[Any, ...]]:
     """An hour of one-minute roll-ups of storage_used, one reading a minute."""
     rng = random.Random(6)
-    stamp = _stamp(kind)
     now = int(fleet.t0) // 60 * 60
     buckets = [(stamp(datetime.fromtimestamp(b, UTC)), b + 30) for b in range(now - 3600, now, 60)]
     storage = _INDEX["storage_used"]
     for device_id, p in zip(fleet.ids, fleet.profiles, strict=True):
-        if p.offline:
-            continue
-        for bucket, middle in buckets:
-            v = value(p, storage, middle, fleet.t0, rng)
-            yield device_id, "storage_used", bucket, v, v, v, 1
+        if not p.offline:
+            for bucket, middle in buckets:
+                v = value(p, storage, middle, fleet.t0, rng)
+                yield device_id, "storage_used", bucket, v, v, v, 1
+
+
+def _health(fleet: Fleet, stamp: Stamp) -> Iterator[tuple[Any, ...]]:
+    now = datetime.fromtimestamp(fleet.t0, UTC)
+    flag = ("faulty_sensor", "temperature", "bench", "warning", "{}")
+    since, checked = stamp(now - timedelta(hours=1)), stamp(now)
+    for device_id, p in zip(fleet.ids, fleet.profiles, strict=True):
+        if p.faulty:
+            yield (device_id, *flag, since, checked)
+
+
+def _executions(fleet: Fleet, deployment: str, stamp: Stamp) -> Iterator[tuple[Any, ...]]:
+    """One finished execution of one deployment for each device that was updated."""
+    rng = random.Random(8)
+    now = datetime.fromtimestamp(fleet.t0, UTC)
+    rest = (1, False, False, "0.9", "1.0")  # attempt, deliver, cancel_requested, versions
+    for i, (device_id, p) in enumerate(zip(fleet.ids, fleet.profiles, strict=True)):
+        if p.update is not None:
+            at = now - timedelta(seconds=rng.uniform(3600, 10 * 86400))
+            yield (uuid7(at), deployment, device_id, 0, i, p.update, *rest, stamp(at), stamp(at))
 
 
 def _bulk(raw: RawConnection, table: str, columns: Sequence[str], rows: Iterator[Any]) -> int:
+    """Insert rows as the bare driver does fastest: executemany (SQLite), COPY (PostgreSQL)."""
     count = 0
-    while True:
-        chunk = [row for _, row in zip(range(50_000), rows, strict=False)]
-        if not chunk:
-            return count
+    while chunk := [row for _, row in zip(range(50_000), rows, strict=False)]:
         count += len(chunk)
         if raw.kind == "sqlite":
             marks = ", ".join("?" * len(columns))
@@ -376,150 +384,99 @@ def _bulk(raw: RawConnection, table: str, columns: Sequence[str], rows: Iterator
                     table, records=chunk, columns=list(columns)
                 )
             )
+    return count
 
 
-async def _seed_first(url: str, now: datetime) -> list[int]:
-    """The schema, the default tenant and the models; their ids in MODELS order."""
+async def _seed_first(url: str, now: datetime) -> tuple[list[int], str]:
+    """The schema, the default tenant, the models (their ids in MODELS order) and a finished
+    deployment (its id)."""
     await upgrade(url)
     db = Database(url)
+    deployment = uuid7(now)
+    made = {"created_by": "bench", "created_at": now, "updated_at": now}
     try:
         async with db.write() as session:
-            await session.execute(
-                insert(Tenant).values(id="default", name="Default tenant", created_at=now)
-            )
+            session.add(Tenant(id="default", name="Default tenant", created_at=now))
             for name in MODELS:
-                await session.execute(
-                    insert(DeviceModel).values(
-                        name=name, capabilities=[], created_at=now, updated_at=now
-                    )
-                )
+                session.add(DeviceModel(name=name, capabilities=[], created_at=now, updated_at=now))
+            await session.flush()  # the tenant before what refers to it
+            what = {"name": "bench update", "kind": "update", "target": "", "policy": {}}
+            session.add(
+                Deployment(id=deployment, tenant_id="default", state="finished", **what, **made)
+            )
         async with db.read() as session:
             ids = dict((await session.execute(select(DeviceModel.name, DeviceModel.id))).all())
-        return [ids[name] for name in MODELS]
+        return [ids[name] for name in MODELS], deployment
     finally:
         await db.dispose()
 
 
-async def _seed_last(url: str, fleet: Fleet, now: datetime) -> dict[str, int]:
-    """Health flags, a finished deployment's executions, and the rules."""
+async def _seed_rules(url: str, now: datetime) -> None:
     db = Database(url)
-    rng = random.Random(8)
-    health, executions = [], []
-    deployment = uuid7(now)
-    for i, (device_id, p) in enumerate(zip(fleet.ids, fleet.profiles, strict=True)):
-        if p.faulty:
-            health.append(
-                {
-                    "device_id": device_id,
-                    "flag": "faulty_sensor",
-                    "metric": "temperature",
-                    "detector": "bench",
-                    "severity": "warning",
-                    "evidence": {},
-                    "since": now - timedelta(hours=1),
-                    "checked_at": now,
-                }
-            )
-        if p.update is not None:
-            finished = now - timedelta(seconds=rng.uniform(3600, 10 * 86400))
-            executions.append(
-                {
-                    "id": uuid7(finished),
-                    "deployment_id": deployment,
-                    "device_id": device_id,
-                    "phase": 0,
-                    "position": i,
-                    "state": p.update,
-                    "from_version": "0.9.0",
-                    "to_version": "1.0.0",
-                    "finished_at": finished,
-                    "updated_at": finished,
-                }
-            )
+    made = {"created_by": "bench", "created_at": now, "updated_at": now}
     try:
         async with db.write() as session:
-            await session.execute(
-                insert(Deployment).values(
-                    id=deployment,
-                    name="bench update",
-                    tenant_id="default",
-                    kind="update",
-                    target="",
-                    policy={},
-                    state="finished",
-                    created_by="bench",
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            for table, rows in ((DeviceHealth, health), (Execution, executions)):
-                for start in range(0, len(rows), 2000):
-                    await session.execute(insert(table), rows[start : start + 2000])
             for name, condition, scope in RULES:
                 rule = AlertRule(name=name, condition=condition, scope=scope, group_by=["site"])
-                await session.execute(
-                    insert(AlertRuleRecord).values(
+                definition = rule.model_dump(mode="json")
+                session.add(
+                    AlertRuleRecord(
                         id=uuid7(now),
                         tenant_id="default",
                         name=name,
-                        definition=rule.model_dump(mode="json"),
+                        definition=definition,
                         enabled=True,
                         version=1,
-                        created_by="bench",
-                        created_at=now,
-                        updated_at=now,
+                        **made,
                     )
                 )
     finally:
         await db.dispose()
-    return {"device_health": len(health), "executions": len(executions)}
 
 
 # --- the writer (in its own process) ----------------------------------------------------------
 
 
-def ingest(
-    url: str,
-    sending: list[tuple[str, int]],
-    probes: list[str],
-    t0: float,
-    seed_: int,
-    ready: Any,
-    stop: Any,
-    pipe: Any,
-) -> None:
-    """Ingest at full rate until `stop` is set; send back (time, points committed) samples."""
-    pipe.send(uvloop.run(_ingest(url, sending, probes, t0, seed_, ready, stop)))
+@dataclass
+class Job:
+    """What the writer process is given: the fleet that sends, and how it is told what to do."""
+
+    url: str
+    sending: list[tuple[str, int]]  # (device id, index) of the devices whose readings it sends
+    probes: list[str]
+    t0: float
+    seed: int
+    ready: Any  # multiprocessing Events: set by the writer once it writes; set to stop it;
+    stop: Any
+    probing: Any  # set while it should push a probe's battery every second
+    probed: Any  # multiprocessing Queue: (probe device id, wall times sent and committed)
+
+
+def ingest(job: Job, pipe: Any) -> None:
+    """Ingest at full rate until told to stop; send back (time, points committed) samples."""
+    pipe.send(uvloop.run(_ingest(job)))
     pipe.close()
 
 
-async def _ingest(
-    url: str,
-    sending: list[tuple[str, int]],
-    probes: list[str],
-    t0: float,
-    seed_: int,
-    ready: Any,
-    stop: Any,
-) -> dict[str, Any]:
-    db = Database(url)
+async def _ingest(job: Job) -> dict[str, Any]:
+    db = Database(job.url)
     ingestor = Ingestor(db)
     presence = Presence()
-    rng = random.Random(seed_)
+    rng = random.Random(job.seed)
     # A fleet already running: every device in service was seen within the last minute.
     now = time.time()
-    for device_id, _ in sending:
+    for device_id, _ in job.sending:
         presence.seen(device_id, datetime.fromtimestamp(now - rng.uniform(0, 60), UTC))
     await presence.flush(db)
-    profiles = {i: profile(i, seed_) for _, i in sending}
+    profiles = {i: profile(i, job.seed) for _, i in job.sending}
     cursor = iter(range(sys.maxsize))
     samples: list[tuple[float, int]] = []
     running = True
 
     async def sender() -> None:
         while running:
-            device_id, index = sending[next(cursor) % len(sending)]
-            batch = points(device_id, profiles[index], time.time(), t0, rng)
+            device_id, index = job.sending[next(cursor) % len(job.sending)]
+            batch = points(device_id, profiles[index], time.time(), job.t0, rng)
             received = datetime.now(UTC)
             await ingestor.write(batch, received)
             presence.seen(device_id, received)
@@ -528,30 +485,38 @@ async def _ingest(
         while running:
             await asyncio.sleep(2.0)
             seen = datetime.now(UTC)
-            for device_id in probes:
+            for device_id in job.probes:
                 presence.seen(device_id, seen)
             await presence.flush(db)
 
-    ready.set()
+    async def probe(device_id: str) -> None:
+        at = datetime.now(UTC)
+        await ingestor.write([(device_id, "battery", at, PROBE_VALUE)], at)
+        job.probed.put((device_id, at.timestamp(), time.time()))
+
+    async def prober() -> None:
+        """A one-point request a second, each on its own (a request may wait for a while in
+        the group commit's queue): a probe's battery under the probe rule's threshold."""
+        unused = iter(job.probes)
+        while running:
+            if job.probing.is_set():
+                tasks.append(asyncio.create_task(probe(next(unused))))
+                await asyncio.sleep(1.0)
+            else:
+                await asyncio.sleep(0.05)
+
+    job.ready.set()
     tasks = [asyncio.create_task(sender()) for _ in range(SENDERS)]
-    tasks.append(asyncio.create_task(flusher()))
-    while not stop.is_set():
+    tasks += [asyncio.create_task(flusher()), asyncio.create_task(prober())]
+    while not job.stop.is_set():
         samples.append((time.time(), ingestor.stats.points))
         await asyncio.sleep(0.25)
     running = False
     samples.append((time.time(), ingestor.stats.points))
     await asyncio.gather(*tasks, return_exceptions=True)
     await ingestor.close()
-    await db.dispose()
-    stats = ingestor.stats
-    return {
-        "samples": samples,
-        "points": stats.points,
-        "new": stats.new,
-        "transactions": stats.transactions,
-        "requests": stats.requests,
-        "retried_alone": stats.retried_alone,
-    }
+    await db.engine.dispose()  # no PRAGMA optimize: the other process may write
+    return {"samples": samples, **asdict(ingestor.stats)}
 
 
 # --- the engine, timed ------------------------------------------------------------------------
@@ -594,23 +559,25 @@ class TimedEngine(AlertEngine):
 
 @dataclass
 class _Probe:
-    written: float  # wall time the reading committed
+    sent: float  # wall time the request was made
+    written: float  # wall time its transaction committed
     seen: float | None = None  # wall time a poll first saw its alert firing
     fired_at: float | None = None
 
 
 class _Run:
-    """The engine ticking as the server ticks it, paused and resumed; probes and their polls."""
+    """The engine ticking as the server ticks it, paused and resumed; the probes' alerts
+    polled; how long the event loop went without a turn."""
 
-    def __init__(self, url: str, fleet: Fleet, interval: float) -> None:
+    def __init__(self, url: str, job: Job, interval: float) -> None:
         self.db = Database(url)
         clock = SystemClock()
         self.engine = TimedEngine(self.db, clock, online_window=ONLINE, every=interval)
         self.deliverer = Deliverer(self.db, clock)
-        self.series = TimeSeries(self.db)
-        self.unused = iter([fleet.ids[i] for i in fleet.probes])
+        self.job = job
         self.probes: dict[str, _Probe] = {}
         self.ticks: list[tuple[float, Any]] = []  # (wall time it started, EngineReport)
+        self.stalls: list[tuple[float, float]] = []  # (wall time, seconds the loop was held)
         self.errors = 0
         self.active = False
         self.idle = asyncio.Event()
@@ -637,6 +604,15 @@ class _Run:
             finally:
                 self.idle.set()
 
+    async def held(self) -> None:
+        """Note every time the loop came back more than 0.1 s late to a 0.05 s sleep."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.05)
+            late = time.perf_counter() - started - 0.05
+            if late > 0.1:
+                self.stalls.append((time.time(), late))
+
     async def pause(self) -> None:
         self.active = False
         await self.idle.wait()
@@ -656,19 +632,13 @@ class _Run:
             await asyncio.sleep(0.2)
         await self.pause()
 
-    async def probe(self) -> None:
-        device_id = next(self.unused)
-        at = datetime.now(UTC)
-        batch = [(device_id, "battery", at, PROBE_VALUE)]
-        await self.series.prepare(batch)
-        async with self.db.write() as session:
-            await self.series.write(session, [(batch, at)])
-        self.probes[device_id] = _Probe(time.time())
-
     async def watch(self) -> None:
-        """Poll 4 times a second for the probes' alerts firing."""
+        """Take in the probes the writer pushed; poll 4 times a second for their alerts."""
         while True:
             await asyncio.sleep(0.25)
+            while not self.job.probed.empty():
+                device_id, sent, written = self.job.probed.get_nowait()
+                self.probes[device_id] = _Probe(sent, written)
             waiting = [d for d, p in self.probes.items() if p.seen is None]
             if not waiting:
                 continue
@@ -687,13 +657,11 @@ class _Run:
     async def engine_window(self, seconds: float) -> None:
         """The engine on, a probe a second for `seconds`, then until every probe fired."""
         self.active = True
-        due = time.monotonic()
-        end = due + seconds
-        while due < end:
-            await self.probe()
-            due += 1.0
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        self.job.probing.set()
+        await asyncio.sleep(seconds)
+        self.job.probing.clear()
         deadline = time.monotonic() + 120
+        await asyncio.sleep(2.0)  # the last probe's write is in
         while any(p.seen is None for p in self.probes.values()):
             if time.monotonic() > deadline:
                 log.warning("probes not seen firing after 120 s")
@@ -732,36 +700,31 @@ def _cpu(writer: psutil.Process) -> dict[str, float]:
 
 
 async def _measure(
-    url: str,
-    fleet: Fleet,
-    writer: psutil.Process,
-    rounds: int,
-    seconds: float,
-    alone: float,
-    interval: float,
+    job: Job, writer: psutil.Process, seconds: float, alone: float, interval: float
 ) -> tuple[_Run, list[_Window]]:
-    run = _Run(url, fleet, interval)
-    tasks = [asyncio.create_task(run.loop()), asyncio.create_task(run.watch())]
+    """Warm-up, then ingestion alone, with the engine and probes, and alone again."""
+    run = _Run(job.url, job, interval)
+    tasks = [asyncio.create_task(c) for c in (run.loop(), run.watch(), run.held())]
     windows = []
     try:
         await run.warm_up()
         run.engine.spent.clear()
-        for _ in range(rounds):
-            for kind in ("alone", "engine"):
-                start, before = time.time(), _cpu(writer)
-                if kind == "alone":
-                    await asyncio.sleep(alone)
-                else:
-                    await run.engine_window(seconds)
-                after = _cpu(writer)
-                cpu = {k: after[k] - before[k] for k in after}
-                windows.append(_Window(kind, start, time.time(), cpu))
+        for kind in ("alone", "engine", "alone"):
+            start, before = time.time(), _cpu(writer)
+            if kind == "alone":
+                await asyncio.sleep(alone)
+            else:
+                await run.engine_window(seconds)
+            after = _cpu(writer)
+            windows.append(
+                _Window(kind, start, time.time(), {k: after[k] - before[k] for k in after})
+            )
         await run.fired()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await run.db.dispose()
+        await run.db.engine.dispose()  # as the writer: no PRAGMA optimize
     return run, windows
 
 
@@ -770,7 +733,6 @@ def alerting(
     size: int,
     pg_url: str,
     *,
-    rounds: int,
     seconds: float,
     alone: float,
     interval: float = 5.0,
@@ -779,32 +741,32 @@ def alerting(
     """Detection lag, engine round time and ingestion with and without the engine."""
     with fresh_database(kind, pg_url) as url:
         started = time.perf_counter()
-        fleet = seed(url, size, probes=int(rounds * seconds) + 5, seed_=seed_)
+        fleet = seed(url, size, probes=int(seconds) + 5, seed_=seed_)
         seeded = time.perf_counter() - started
         print(f"alerting {kind}: {size:,} devices seeded in {seeded:.0f} s", file=sys.stderr)
-        parent, child = SPAWN.Pipe()
-        ready, stop = SPAWN.Event(), SPAWN.Event()
         sending = [(fleet.ids[i], i) for i in fleet.sending]
-        probe_ids = [fleet.ids[i] for i in fleet.probes]
-        args = (url, sending, probe_ids, fleet.t0, seed_, ready, stop, child)
-        proc = SPAWN.Process(target=ingest, args=args)
+        probes = [fleet.ids[i] for i in fleet.probes]
+        events = [SPAWN.Event() for _ in range(3)]
+        job = Job(url, sending, probes, fleet.t0, seed_, *events, SPAWN.Queue())
+        parent, child = SPAWN.Pipe()
+        proc = SPAWN.Process(target=ingest, args=(job, child))
         proc.start()
         try:
-            if not ready.wait(300):
+            if not job.ready.wait(300):
                 raise RuntimeError("the writer did not start")
             assert proc.pid is not None
-            writer_proc = psutil.Process(proc.pid)
             run, windows = uvloop.run(
-                _measure(url, fleet, writer_proc, rounds, seconds, alone, interval)
+                _measure(job, psutil.Process(proc.pid), seconds, alone, interval)
             )
         finally:
-            stop.set()
+            job.stop.set()
             written = parent.recv() if parent.poll(120) else None
             proc.join(60)
             if proc.is_alive():
                 proc.kill()
             parent.close()
             child.close()
+            job.probed.close()
     if written is None:
         raise RuntimeError("the writer sent no samples back")
     out = _results(kind, size, interval, fleet, run, windows, written)
@@ -820,132 +782,149 @@ def _inside(t: float, windows: Sequence[_Window]) -> bool:
 
 
 def _ms(values: Sequence[float]) -> dict[str, float]:
-    return {
-        "median_ms": round(1000 * statistics.median(values), 1),
-        "max_ms": round(1000 * max(values), 1),
-        "n": len(values),
-    }
+    """Median and max in ms, and how many."""
+    ms = [1000 * v for v in values]
+    return {"median_ms": round(statistics.median(ms), 1), "max_ms": round(max(ms), 1), "n": len(ms)}
+
+
+@dataclass
+class _Summary:
+    """A run boiled down: what the three results are made of."""
+
+    lags: list[float]  # fired_at - written, per probe
+    seen: list[float]  # first seen firing - written
+    writes: list[float]  # written - sent: the probe's request in the group commit
+    rounds: list[float]  # EngineReport.took of the ticks that judged rules
+    rate: list[float]  # ... of those that judged the rate rule
+    other: list[float]  # ... of the others
+    spent: dict[str, list[float]]  # per rule and step of a tick: seconds
+    rates: dict[str, list[float]]  # points/s per piece, by kind of window
+    cpu: dict[str, dict[str, float]]  # cores busy, median per kind of window
+    held: float  # longest the event loop went without a turn
+    late: float  # EngineReport.lag at most, after the first tick of the window
+
+
+def summarize(run: _Run, windows: list[_Window], samples: list[tuple[float, int]]) -> _Summary:
+    busy = [w for w in windows if w.kind == "engine"]
+    ticks = [(t, r) for t, r in run.ticks if _inside(t, busy) and r.evaluated]
+    rated = [at for at, what, _ in run.engine.spent if what == f"rule {RATE_RULE}"]
+    rate = [r.took for t, r in ticks if any(t <= at <= t + r.took + 1 for at in rated)]
+    spent: dict[str, list[float]] = {}
+    for at, what, seconds in run.engine.spent:
+        if _inside(at, busy):
+            spent.setdefault(what, []).append(seconds)
+    rates: dict[str, list[float]] = {"alone": [], "engine": []}
+    cores: dict[str, dict[str, list[float]]] = {"alone": {}, "engine": {}}
+    for w in windows:
+        for a, b in pieces(w.start, w.end, PIECE):
+            rates[w.kind].append(points_between(samples, a, b) / (b - a))
+        for what, cpu in w.cpu.items():
+            cores[w.kind].setdefault(what, []).append(cpu / (w.end - w.start))
+    probes = run.probes.values()
+    return _Summary(
+        lags=[p.fired_at - p.written for p in probes if p.fired_at is not None],
+        seen=[p.seen - p.written for p in probes if p.seen is not None],
+        writes=[p.written - p.sent for p in probes],
+        rounds=[r.took for _, r in ticks],
+        rate=rate,
+        other=[r.took for _, r in ticks if r.took not in rate],
+        spent=spent,
+        rates=rates,
+        cpu={k: {w: statistics.median(v) for w, v in c.items()} for k, c in cores.items()},
+        held=max((h for t, h in run.stalls if _inside(t, busy)), default=0.0),
+        late=max((r.lag for _, r in ticks[1:]), default=0.0),
+    )
 
 
 def _results(
-    kind: str,
-    size: int,
-    interval: float,
-    fleet: Fleet,
-    run: _Run,
-    windows: list[_Window],
+    kind: str, size: int, interval: float, fleet: Fleet, run: _Run, windows: list[_Window],
     written: dict[str, Any],
-) -> list[Result]:
-    engine_windows = [w for w in windows if w.kind == "engine"]
-    probes = list(run.probes.values())
-    lags = [p.fired_at - p.written for p in probes if p.fired_at is not None]
-    seen = [p.seen - p.written for p in probes if p.seen is not None]
-    ticks = [(t, r) for t, r in run.ticks if _inside(t, engine_windows)]
-    rounds = [r.took for _, r in ticks if r.evaluated]
-    full = [r.took for _, r in ticks if r.evaluated == len(RULES)]
-    spent: dict[str, list[float]] = {}
-    for at, what, seconds in run.engine.spent:
-        if _inside(at, engine_windows):
-            spent.setdefault(what, []).append(seconds)
-    rates: dict[str, list[float]] = {"alone": [], "engine": []}
-    shares: dict[str, dict[str, list[float]]] = {"alone": {}, "engine": {}}
-    for w in windows:
-        span = w.end - w.start
-        rates[w.kind].append(points_between(written["samples"], w.start, w.end) / span)
-        for what, cpu in w.cpu.items():
-            shares[w.kind].setdefault(what, []).append(cpu / span)
-    with_engine, alone = statistics.median(rates["engine"]), statistics.median(rates["alone"])
-    interval_stats = {"median_s": interval, "p10_s": interval, "p90_s": interval, "rounds": 1}
+) -> list[Result]:  # fmt: skip
+    s = summarize(run, windows, written.pop("samples"))
+    every = {"median_s": interval, "p10_s": interval, "p90_s": interval, "rounds": 1}
     common = {
         "rules": len(RULES),
         "evaluation_interval_s": interval,
-        "devices": size,
-        "sites": SITES,
-        "models": len(MODELS),
         "rows_seeded": fleet.rows,
         "open_alerts_at_end": run.engine.open_alerts(),
+        "warm_up_rounds_s": [
+            round(r.took, 2) for t, r in run.ticks if t < windows[0].start and r.evaluated
+        ],
         "engine_errors": run.errors,
         "windows": [{"kind": w.kind, "seconds": round(w.end - w.start, 1)} for w in windows],
     }
+    done = f"{len(RULES)} rules, telemetry ingested at full rate alongside"
     lag = Result(
-        scenario="alerting",
-        metric=f"detection lag: a probe device's battery pushed under `{PROBE_RULE}` "
-        "(battery < 15, no `for`) to its alert firing (alerts.fired_at - the reading's commit), "
-        f"{len(RULES)} rules, telemetry ingested at full rate alongside",
-        fleet_size=size,
-        database=kind,
-        ours=Stats(lags).summary(),
-        limit_name=f"the evaluation interval ({interval:g} s; on time: lag <= interval + round)",
-        limit=interval_stats,
-        goal="a few seconds of lag at 100,000 devices and 20 rules at the full ingestion rate",
-        notes="engine in this process on the system clock, ticked as the server ticks it (1 s "
-        "sleep, tick, deliver); writer (Ingestor over TimeSeries.write) in its own process",
+        "alerting",
+        f"detection lag: a probe's battery under `{PROBE_RULE}` (battery < 15, no `for`) to "
+        f"its alert firing (alerts.fired_at - the reading's commit), {done}",
+        size,
+        kind,
+        Stats(s.lags).summary(),
+        f"the evaluation interval ({interval:g} s; on time: lag <= interval + round)",
+        every,
+        "a few seconds of lag at 100,000 devices and 20 rules at the full ingestion rate",
+        notes="engine in this process on the system clock, ticked as the server ticks it; "
+        "writer and probes (Ingestor over TimeSeries.write) in another process",
         extra=common
-        | {
-            "lag_s": [round(x, 3) for x in lags],
-            "lag_p95_s": round(quantile(lags, 0.95), 3),
-            "lag_max_s": round(max(lags), 3),
-            "seen_lag_median_s": round(statistics.median(seen), 3),
-            "seen_lag_p95_s": round(quantile(seen, 0.95), 3),
-            "seen_lag_max_s": round(max(seen), 3),
-            "probes": len(probes),
-            "probes_fired": len(lags),
-        },
+        | {"lag_s": [round(lag, 2) for lag in s.lags]}
+        | _spread("lag", s.lags)
+        | _spread("seen_lag", s.seen)
+        | _spread("probe_write", s.writes)
+        | {"probes": len(s.lags)},
     )
-    rules = {w[5:]: _ms(v) for w, v in sorted(spent.items()) if w.startswith("rule ")}
-    steps = {w: _ms(v) for w, v in sorted(spent.items()) if not w.startswith("rule ")}
+    steps = {w.removeprefix("rule "): _ms(v) for w, v in sorted(s.spent.items())}
     round_ = Result(
-        scenario="alerting-round",
-        metric=f"engine round time (EngineReport.took) of the ticks that judged rules, "
-        f"{len(RULES)} rules, while ingesting at full rate",
-        fleet_size=size,
-        database=kind,
-        ours=Stats(rounds).summary(),
-        limit_name=f"the evaluation interval ({interval:g} s): the time a round may take",
-        limit=interval_stats,
-        goal="a round well inside the evaluation interval",
+        "alerting-round",
+        f"engine round time (EngineReport.took) of the ticks that judged rules, {done}",
+        size,
+        kind,
+        Stats(s.rounds).summary(),
+        f"the evaluation interval ({interval:g} s): the time a round may take",
+        every,
+        "a round well inside the evaluation interval",
         extra=common
-        | {
-            "round_max_s": round(max(rounds), 3),
-            "round_all_rules_median_s": round(statistics.median(full), 3) if full else None,
-            "round_all_rules_max_s": round(max(full), 3) if full else None,
-            "rounds_all_rules": len(full),
-            "late_s_max": round(max((r.lag for _, r in ticks[1:] if r.evaluated), default=0.0), 3),
-            "rules": rules,
-            "steps": steps,
-            "transitions": sum(r.transitions for _, r in ticks),
-            "notifications": sum(r.notifications for _, r in ticks),
-        },
+        | _spread("round", s.rounds)
+        | _spread("round_rate_rule", s.rate)
+        | _spread("round_other", s.other)
+        | {"loop_held_s_max": round(s.held, 2), "late_s_max": round(s.late, 2), "spent": steps},
     )
+    with_engine, alone = (statistics.median(s.rates[k]) for k in ("engine", "alone"))
     ingest_ = Result(
-        scenario="alerting-ingest",
-        metric="telemetry ingested (Ingestor over TimeSeries.write, 100-point requests, up to "
-        "20,000 points a transaction) while the engine runs, seconds per point (1/rate)",
-        fleet_size=size,
-        database=kind,
-        ours=Stats([1 / r for r in rates["engine"]]).summary(),
-        limit_name="the same writer with the engine paused (windows interleaved)",
-        limit=Stats([1 / r for r in rates["alone"]]).summary(),
-        goal="evaluation leaves ingestion near its full rate (ratio reported, no bound)",
+        "alerting-ingest",
+        "telemetry ingested (Ingestor over TimeSeries.write, 100-point requests, up to 20,000 "
+        "points a transaction) while the engine runs, seconds per point (1/rate)",
+        size,
+        kind,
+        Stats([1 / r for r in s.rates["engine"]]).summary(),
+        "the same writer with the engine paused (windows before and after)",
+        Stats([1 / r for r in s.rates["alone"]]).summary(),
+        "evaluation leaves ingestion near its full rate (ratio reported, no bound)",
         extra={
             "points_per_s_with_engine": round(with_engine),
             "points_per_s_alone": round(alone),
             "with_engine_to_alone": round(with_engine / alone, 3),
-            "points_per_s_all": {k: [round(r) for r in v] for k, v in rates.items()},
-            "cpu_cores": {
-                k: {what: round(statistics.median(v), 2) for what, v in s.items()}
-                for k, s in shares.items()
-            },
-            "writer": {k: v for k, v in written.items() if k != "samples"},
+            "points_per_s_all": {k: [round(r) for r in v] for k, v in s.rates.items()},
+            "cpu_cores": {k: {w: round(c, 2) for w, c in v.items()} for k, v in s.cpu.items()},
+            "writer": written,
             "senders": SENDERS,
         },
     )
     print(
-        f"alerting {kind} {size:,}: lag median {lag.ours['median_s']:.2f} s, p95 "
-        f"{lag.extra['lag_p95_s']:.2f} s, max {lag.extra['lag_max_s']:.2f} s; round median "
-        f"{round_.ours['median_s']:.2f} s, max {round_.extra['round_max_s']:.2f} s; ingest "
-        f"{with_engine:,.0f} points/s with the engine, {alone:,.0f} alone "
-        f"({with_engine / alone:.2f})",
+        f"alerting {kind} {size:,}: lag median {lag.ours['median_s']:.2f} s, max "
+        f"{max(s.lags):.2f} s; round median {round_.ours['median_s']:.2f} s, max "
+        f"{max(s.rounds):.2f} s; {with_engine:,.0f} points/s with the engine, {alone:,.0f} alone",
         file=sys.stderr,
     )
     return [lag, round_, ingest_]
+
+
+def _spread(name: str, values: Sequence[float]) -> dict[str, float | None]:
+    """name_median_s, name_p95_s, name_max_s (None without values)."""
+    if not values:
+        return {f"{name}_{q}_s": None for q in ("median", "p95", "max")}
+    return {
+        f"{name}_median_s": round(statistics.median(values), 3),
+        f"{name}_p95_s": round(quantile(values, 0.95), 3),
+        f"{name}_max_s": round(max(values), 3),
+    }

@@ -258,3 +258,54 @@ async def test_devices_rebooting_for_an_update_or_in_a_maintenance_window_are_no
     assert muted[plain] == []
     [sent] = await fleet.notifications()
     assert sent.payload["counts"] == {"firing": 1, "new": 1, "resolved": 0, "muted": 2}
+
+
+async def test_a_rate_rule_reads_the_window_from_the_minute_roll_ups(
+    fleet: Fleet, clock: FakeClock
+) -> None:
+    """`rate(storage_used) > 5 per 1h over 30m`: a disk filling at 12 %/h fires, a steady one
+    does not; the clear over a shorter window resolves it once the filling stops."""
+    from sqlalchemy import delete
+
+    from fleetkeeper.store.models import TelemetryMinute
+
+    filling, steady, silent = await fleet.add(["SN-FILL", "SN-STEADY", "SN-NODATA"])
+    clock.advance(hours=1)
+
+    async def minutes(device: str, start: float, per_minute: float, count: int) -> None:
+        now = clock.now().replace(second=0, microsecond=0)
+        async with fleet.db.write() as session:
+            await session.execute(
+                delete(TelemetryMinute).where(TelemetryMinute.device_id == device)
+            )
+            for i in range(count):
+                value = start + per_minute * i
+                session.add(
+                    TelemetryMinute(
+                        device_id=device,
+                        metric="storage_used",
+                        bucket=now - timedelta(minutes=count - i),
+                        min_value=value,
+                        max_value=value,
+                        sum_value=2 * value,
+                        count=2,
+                    )
+                )
+
+    await minutes(filling, 40.0, 0.2, 45)  # +12 %/h
+    await minutes(steady, 40.0, 0.0, 45)
+    await fleet.rule(
+        name="disk_filling",
+        condition="rate(storage_used) > 5 per 1h over 30m",
+        clear="rate(storage_used) < 1 per 1h over 10m",
+        group_wait="0s",
+    )
+    fleet.start()
+    await fleet.run(70, step=10)
+    [alert] = await fleet.alerts("firing")
+    assert alert.device_id == filling and alert.value == pytest.approx(12.0, rel=0.05)
+    await minutes(filling, 49.0, 0.0, 45)  # it stopped filling
+    await fleet.run(70, step=10)
+    assert await fleet.alerts("firing") == []
+    assert [a.device_id for a in await fleet.alerts("resolved")] == [filling]
+    assert silent not in {a.device_id for a in await fleet.alerts()}

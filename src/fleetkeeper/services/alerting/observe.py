@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, func, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.services.alerting.rules import (
@@ -276,26 +276,67 @@ class Reader:
         *,
         pushdown: bool,
     ) -> Observed:
-        windows = [c.over for c in (rule.condition, rule.clear) if isinstance(c, RateOfChange)]
-        since = self.now - timedelta(seconds=max(windows))
+        """A rate needs only the first and the last 1-minute mean of its window: two index
+        seeks per device and window (the roll-up's key is device, metric, bucket), then the
+        means of those buckets, never the buckets in between."""
         minute = TelemetryMinute
-        on = and_(
-            minute.device_id == Device.id,
-            minute.metric.in_(sorted(_metrics(rule))),
-            minute.bucket >= since,
+        windows = sorted(
+            {
+                (c.metric, c.over)
+                for c in (rule.condition, rule.clear)
+                if isinstance(c, RateOfChange)
+            }
         )
-        stmt = self._base(where).add_columns(
-            minute.metric, minute.bucket, minute.sum_value / minute.count
-        )
-        # Pushed down: only devices with readings; named devices come back without them too.
-        stmt = stmt.join(minute, on) if pushdown else stmt.outerjoin(minute, on)
-        rows: dict[str, tuple[Any, dict[str, list[Reading]]]] = {}
-        half = timedelta(seconds=30)  # a minute's mean stands for its middle
-        for row in await session.execute(stmt.order_by(Device.id, minute.bucket)):
-            _, readings = rows.setdefault(row[0], (row, {}))
-            if row[8] is not None:
-                readings.setdefault(row[8], []).append(Reading(row[9] + half, float(row[10])))
-        return {
-            device_id: (self._subject(row, kind), self._observation(row, metrics=readings))
-            for device_id, (row, readings) in rows.items()
+        longest = {m: max(o for n, o in windows if n == m) for m, _ in windows}
+
+        def edge(metric: str, over: float, pick: Any) -> Any:
+            return (
+                select(pick(minute.bucket))
+                .where(
+                    minute.device_id == Device.id,
+                    minute.metric == metric,
+                    minute.bucket >= self.now - timedelta(seconds=over),
+                )
+                .scalar_subquery()
+            )
+
+        edges = [(m, edge(m, over, func.min)) for m, over in windows]
+        edges += [(m, edge(m, over, func.max)) for m, over in longest.items()]
+        stmt = self._base(where).add_columns(*(column for _, column in edges))
+        if pushdown:  # only devices with readings in the window can hold
+            stmt = stmt.where(edges[0][1].is_not(None))
+        rows = (await session.execute(stmt)).all()
+        wanted = {
+            (row[0], metric, row[8 + i])
+            for row in rows
+            for i, (metric, _) in enumerate(edges)
+            if row[8 + i] is not None
         }
+        means = await self._minute_means(session, sorted(wanted))
+        half = timedelta(seconds=30)  # a minute's mean stands for its middle
+        found: Observed = {}
+        for row in rows:
+            readings: dict[str, list[Reading]] = {}
+            for key in {(row[0], metric, row[8 + i]) for i, (metric, _) in enumerate(edges)}:
+                if key in means:
+                    readings.setdefault(key[1], []).append(Reading(key[2] + half, means[key]))
+            for series in readings.values():
+                series.sort(key=lambda reading: reading.at)
+            found[row[0]] = (self._subject(row, kind), self._observation(row, metrics=readings))
+        return found
+
+    async def _minute_means(
+        self, session: AsyncSession, keys: Sequence[tuple[str, str, datetime]]
+    ) -> dict[tuple[str, str, datetime], float]:
+        minute = TelemetryMinute
+        means: dict[tuple[str, str, datetime], float] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows = await session.execute(
+                select(
+                    minute.device_id, minute.metric, minute.bucket, minute.sum_value / minute.count
+                ).where(tuple_(minute.device_id, minute.metric, minute.bucket).in_(chunk))
+            )
+            for device_id, metric, bucket, mean in rows:
+                means[(device_id, metric, bucket)] = float(mean)
+        return means
