@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fleetkeeper.services.alerting.rules import (
@@ -276,9 +276,9 @@ class Reader:
         *,
         pushdown: bool,
     ) -> Observed:
-        """A rate needs only the first and the last 1-minute mean of its window: two index
-        seeks per device and window (the roll-up's key is device, metric, bucket), then the
-        means of those buckets, never the buckets in between."""
+        """A rate needs only the first and the last 1-minute mean of its window: index seeks
+        per device (the roll-up's key is device, metric, bucket) for those two buckets and
+        their means, never the buckets in between, in one query."""
         minute = TelemetryMinute
         windows = sorted(
             {
@@ -288,55 +288,41 @@ class Reader:
             }
         )
         longest = {m: max(o for n, o in windows if n == m) for m, _ in windows}
+        edges = [(m, over, True) for m, over in windows]  # the first bucket of each window
+        edges += [(m, over, False) for m, over in longest.items()]  # the last one
 
-        def edge(metric: str, over: float, pick: Any) -> Any:
+        def seek(metric: str, over: float, first: bool, column: Any) -> Any:
+            order = minute.bucket.asc() if first else minute.bucket.desc()
             return (
-                select(pick(minute.bucket))
+                select(column)
                 .where(
                     minute.device_id == Device.id,
                     minute.metric == metric,
                     minute.bucket >= self.now - timedelta(seconds=over),
                 )
+                .order_by(order)
+                .limit(1)
                 .scalar_subquery()
             )
 
-        edges = [(m, edge(m, over, func.min)) for m, over in windows]
-        edges += [(m, edge(m, over, func.max)) for m, over in longest.items()]
-        stmt = self._base(where).add_columns(*(column for _, column in edges))
+        columns = []
+        for metric, over, first in edges:
+            columns.append(seek(metric, over, first, minute.bucket))
+            columns.append(seek(metric, over, first, minute.sum_value / minute.count))
+        stmt = self._base(where).add_columns(*columns)
         if pushdown:  # only devices with readings in the window can hold
-            stmt = stmt.where(edges[0][1].is_not(None))
-        rows = (await session.execute(stmt)).all()
-        wanted = {
-            (row[0], metric, row[8 + i])
-            for row in rows
-            for i, (metric, _) in enumerate(edges)
-            if row[8 + i] is not None
-        }
-        means = await self._minute_means(session, sorted(wanted))
+            stmt = stmt.where(columns[0].is_not(None))
         half = timedelta(seconds=30)  # a minute's mean stands for its middle
         found: Observed = {}
-        for row in rows:
-            readings: dict[str, list[Reading]] = {}
-            for key in {(row[0], metric, row[8 + i]) for i, (metric, _) in enumerate(edges)}:
-                if key in means:
-                    readings.setdefault(key[1], []).append(Reading(key[2] + half, means[key]))
-            for series in readings.values():
-                series.sort(key=lambda reading: reading.at)
+        for row in await session.execute(stmt):
+            points: dict[str, dict[datetime, float]] = {}
+            for i, (metric, _, _) in enumerate(edges):
+                bucket, mean = row[8 + 2 * i], row[9 + 2 * i]
+                if bucket is not None and mean is not None:
+                    points.setdefault(metric, {})[bucket] = float(mean)
+            readings = {
+                metric: [Reading(bucket + half, mean) for bucket, mean in sorted(by_bucket.items())]
+                for metric, by_bucket in points.items()
+            }
             found[row[0]] = (self._subject(row, kind), self._observation(row, metrics=readings))
         return found
-
-    async def _minute_means(
-        self, session: AsyncSession, keys: Sequence[tuple[str, str, datetime]]
-    ) -> dict[tuple[str, str, datetime], float]:
-        minute = TelemetryMinute
-        means: dict[tuple[str, str, datetime], float] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            rows = await session.execute(
-                select(
-                    minute.device_id, minute.metric, minute.bucket, minute.sum_value / minute.count
-                ).where(tuple_(minute.device_id, minute.metric, minute.bucket).in_(chunk))
-            )
-            for device_id, metric, bucket, mean in rows:
-                means[(device_id, metric, bucket)] = float(mean)
-        return means
