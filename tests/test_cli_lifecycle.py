@@ -19,8 +19,11 @@ def test_provisioning_token_is_created_listed_and_revoked() -> None:
         "--max-uses",
         "5",
         "--auto-accept",
+        "--expires-at",
+        "2099-01-02",  # no zone: taken as UTC
     )
     assert created["token"].startswith("fkp_") and created["max_uses"] == 5
+    assert created["expires_at"].startswith("2099-01-02T00:00:00")
     listed = ok("provisioning", "list")
     assert [t["name"] for t in listed["items"]] == ["factory-a"]
     assert "token" not in listed["items"][0]

@@ -328,3 +328,11 @@ async def test_certificate_header_is_ignored_unless_configured(client: httpx.Asy
     headers = {"Authorization": "", "X-Client-Cert": quote(r.json()["certificate"])}
     r = await client.post("/device/v1/checkin", json={}, headers=headers)
     assert r.status_code == 401 and r.json()["code"] == "token_missing"
+
+
+async def test_a_token_expiry_without_a_time_zone_is_refused_naming_the_field(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post("/api/v1/provisioning-tokens", json={"expires_at": "2026-01-02T00:00:00"})
+    assert r.status_code == 422, r.text
+    assert "expires_at" in r.text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -61,7 +61,9 @@ def create(
     model: Annotated[str | None, typer.Option(help="Only devices of this model.")] = None,
     serial_pattern: Annotated[str | None, typer.Option(help="Only serials like SN-2026-*.")] = None,
     max_uses: Annotated[int | None, typer.Option(min=1, help="How many devices at most.")] = None,
-    expires_at: Annotated[datetime | None, typer.Option(help="ISO time it stops working.")] = None,
+    expires_at: Annotated[
+        datetime | None, typer.Option(help="ISO time it stops working (UTC unless it says).")
+    ] = None,
     auto_accept: Annotated[bool, typer.Option(help="Devices become active at once.")] = False,
     reason: Reason = None,
     as_json: Json = False,
@@ -76,7 +78,7 @@ def create(
             "max_uses": max_uses,
             "auto_accept": auto_accept,
             "reason": reason,
-            "expires_at": expires_at.isoformat() if expires_at else None,
+            "expires_at": _aware(expires_at).isoformat() if expires_at else None,
         }
     )
     output.emit(api.post(PATH, body), as_json, render_new)
@@ -117,3 +119,8 @@ def events(
         all_pages=paging.all_pages,
     )
     output.listing(page, as_json, EVENT_COLUMNS, noun="security events")
+
+
+def _aware(when: datetime) -> datetime:
+    """A time typed without a zone is UTC (the server refuses naive times)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from fleetkeeper.api.deps import (
     PrincipalDep,
@@ -31,7 +31,9 @@ class ProvisioningTokenCreate(Input):
         default=None, max_length=200, description="Only serials matching, e.g. SN-2026-*"
     )
     max_uses: int | None = Field(default=None, ge=1)
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a time zone (a naive time is refused)."
+    )
     auto_accept: bool = Field(
         default=False, description="Devices become active at once instead of pending."
     )
