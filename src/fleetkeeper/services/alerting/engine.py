@@ -97,9 +97,9 @@ class _Rule:
     counted_at: datetime | None = None
 
     @property
-    def every_min(self) -> float:
-        rates = isinstance(self.rule.condition, RateOfChange)
-        return 60.0 if rates else 0.0
+    def is_rate(self) -> bool:
+        """Rate rules read a window of roll-ups: judged at most every `rate_every`."""
+        return isinstance(self.rule.condition, RateOfChange)
 
 
 @dataclass
@@ -236,7 +236,7 @@ class AlertEngine:
         return EngineReport(len(due), transitions, sent, lag, time.perf_counter() - started)
 
     def _interval(self, rule: _Rule) -> float:
-        return max(self.every, self.rate_every if rule.every_min else 0.0)
+        return max(self.every, self.rate_every) if rule.is_rate else self.every
 
     def _due(self, rule: _Rule, now: datetime) -> bool:
         last = rule.evaluated_at
